@@ -1,0 +1,44 @@
+# The course's commands. Each target sets itself up: a fresh clone needs nothing else.
+#   make course   run every notebook in order, headless, in the current COURSE_MODE
+#   make test     unit tests + every notebook under nbval (what CI runs)
+#   make lab      open JupyterLab on notebooks/
+#   make bench    every benchmark under bench/, one table of ratios
+#   make download pre-fetch GPT-2 (124M) into the local Hugging Face cache for an offline workshop
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# torch first, pinned to the CPU build these machines carry; elsewhere: make test TORCH_SPEC='torch>=2.2'
+TORCH_SPEC  ?= torch==2.13.0
+STAMP       := $(VENV)/.installed
+
+.PHONY: course test lab bench download setup clean
+
+$(PY):
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[serve,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+course: $(STAMP)
+	$(PY) -m helpers.course
+
+test: $(STAMP)
+	COURSE_MODE=smoke HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+download: $(STAMP)
+	$(PY) -c "from helpers.models import prefetch_gpt2; print(prefetch_gpt2())"
+
+clean:
+	rm -rf artifacts build

@@ -1,0 +1,150 @@
+"""Where the code runs: device, precision policy, Colab detection, seeding, environment report.
+
+Introduced in ``00_setup.ipynb``. The precision policy is the one place that decides
+mixed precision for every later notebook (03 training, 05 serving).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+VALID_DEVICES = ("cuda", "mps", "cpu")
+
+
+def pick_device(override: str | None = None) -> torch.device:
+    """Choose cuda > mps > cpu, unless ``override`` (or ``COURSE_DEVICE``) names one.
+
+    An override naming an unavailable device is a clear error rather than a slow surprise.
+    """
+    choice = override if override is not None else os.environ.get("COURSE_DEVICE")
+    if choice:
+        kind = choice.split(":")[0].strip().lower()
+        if kind not in VALID_DEVICES:
+            raise ValueError(f"COURSE_DEVICE={choice!r} is not a device; use one of {', '.join(VALID_DEVICES)}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"COURSE_DEVICE={choice!r} but CUDA is not available here; unset it or use cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"COURSE_DEVICE={choice!r} but Apple MPS is not available here; unset it or use cpu")
+        return torch.device(choice.strip().lower())
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), so autocast pays off."""
+    try:
+        return bool(torch.backends.cpu.get_cpu_capability() in {"AVX512_BF16", "AMX"}) or _cpuinfo_has_bf16()
+    except AttributeError:  # very old torch
+        return _cpuinfo_has_bf16()
+
+
+def _cpuinfo_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """What mixed precision to use on a device, and why (printed by 00_setup)."""
+
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    use_grad_scaler: bool  # only fp16 needs loss scaling
+    reason: str
+
+    @property
+    def accelerate_name(self) -> str:
+        """The ``mixed_precision`` value ``accelerate.Accelerator`` expects."""
+        return {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+
+def precision_policy(
+    device: torch.device,
+    cuda_capability: tuple[int, int] | None = None,
+    cpu_bf16: bool | None = None,
+) -> PrecisionPolicy:
+    """The course's precision policy.
+
+    CUDA: bf16 when compute capability >= 8.0 (Ampere and newer), else fp16 with a grad
+    scaler (a T4 is 7.5). CPU: bf16 autocast only when the CPU has native bf16, never fp16
+    (fp16 matmuls on a CPU are hundreds of times slower). MPS: fp32.
+    The optional arguments let tests pin the hardware facts.
+    """
+    if device.type == "cuda":
+        major, minor = cuda_capability or torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return PrecisionPolicy(torch.bfloat16, False, f"CUDA compute capability {major}.{minor} >= 8.0: bf16")
+        return PrecisionPolicy(
+            torch.float16, True, f"CUDA compute capability {major}.{minor} < 8.0: fp16 with a grad scaler"
+        )
+    if device.type == "cpu":
+        has_bf16 = cpu_supports_bf16() if cpu_bf16 is None else cpu_bf16
+        if has_bf16:
+            return PrecisionPolicy(torch.bfloat16, False, "CPU with native bf16: bf16 autocast (never fp16 on CPU)")
+        return PrecisionPolicy(None, False, "CPU without native bf16: fp32 (never fp16 on CPU)")
+    return PrecisionPolicy(None, False, f"{device.type}: fp32")
+
+
+def in_colab() -> bool:
+    """True inside Google Colab (the notebooks' install cells run only there)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _memory_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def environment_report() -> dict[str, str]:
+    """Everything worth knowing before the course starts, as an ordered dict of strings.
+
+    Shown by ``00_setup.ipynb``; the README's troubleshooting asks for its output.
+    """
+    import transformers
+
+    from helpers.models import describe_model_source
+    from helpers.settings import get_settings
+
+    settings = get_settings()
+    device = pick_device()
+    policy = precision_policy(device)
+    memory = _memory_gib()
+    report = {
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "mode": settings.mode,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "precision": policy.reason,
+        "threads": str(torch.get_num_threads()),
+        "memory": f"{memory:.1f} GiB" if memory else "unknown",
+        "colab": "yes" if in_colab() else "no",
+        "model source": describe_model_source(settings),
+        "artifacts": str(settings.artifacts_dir),
+    }
+    return report
