@@ -1,0 +1,382 @@
+"""Fine-tuning GPT-2 with a loop you can read top to bottom, that scales out and never loses work.
+
+Introduced in ``03_finetuning_gpt2.ipynb``. The shape follows transformers'
+``run_clm_no_trainer.py``: an ``accelerate.Accelerator`` handles device placement, mixed
+precision and DDP; the loop itself is plain PyTorch: forward, shifted-label cross-entropy,
+backward (accumulated), clip, step, schedule, evaluate, checkpoint.
+
+* Data: a 2-D array of token blocks (``(num_blocks, block_size)``, e.g. the uint16 memmap
+  from ``helpers.data``). The order of blocks is a pure function of (seed, epoch), so the
+  data position in a checkpoint is just the number of micro-batches consumed.
+* Several processes (``accelerate launch --num_processes N`` or ``torchrun``): each optimizer
+  step consumes ``grad_accum_steps x num_processes`` micro-batches of the same global
+  sequence, process ``r`` taking every N-th one. N processes with accumulation ``a`` therefore
+  see the same data per step as one process with accumulation ``N x a``.
+* Checkpoints: ``step-000123/`` folders written atomically (temporary folder, then rename),
+  with a checksum; a damaged latest checkpoint is skipped with a message and the previous
+  good one used. ``scripts/pretrain_tiny_base.py`` shares the optimizer and schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1, eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW that decays matrices (including embeddings) but not biases and norm gains.
+
+    Decaying a LayerNorm gain pulls it towards 0, which fights the normalisation; biases
+    are too few to overfit. Same split as nanoGPT and the transformers examples.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=eps)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, num_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup for ``warmup_steps``, then cosine decay to 0 at ``num_steps``."""
+    return get_cosine_schedule_with_warmup(optimizer, warmup_steps, num_steps)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one fine-tuning run needs; ``from_settings`` fills it for the current mode."""
+
+    num_steps: int
+    lr: float
+    warmup_steps: int
+    batch_size: int
+    grad_accum_steps: int = 1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    eval_batches: int = 8
+    checkpoint_interval: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 1234
+    mixed_precision: str | None = None  # None: the runtime precision policy; or "no" / "bf16" / "fp16"
+    log_interval: int = 1
+
+    @classmethod
+    def from_settings(cls, settings=None, **overrides) -> TrainConfig:
+        """The mode's sizes from ``helpers.settings`` (03 uses this), with optional overrides."""
+        from helpers.settings import get_settings
+
+        s = settings or get_settings()
+        values = dict(
+            num_steps=s.num_steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+            grad_accum_steps=s.grad_accum_steps, eval_interval=s.eval_interval,
+            checkpoint_interval=max(1, s.num_steps // 3), seed=s.seed,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@functools.lru_cache(maxsize=4)
+def block_order(num_blocks: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of blocks in one epoch: a pure function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_blocks)
+
+
+def micro_batch(blocks, index: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The ``index``-th micro-batch of the endless, epoch-shuffled stream of blocks."""
+    num_blocks = len(blocks)
+    rows = []
+    for position in range(index * batch_size, (index + 1) * batch_size):
+        epoch, offset = divmod(position, num_blocks)
+        rows.append(block_order(num_blocks, seed, epoch)[offset])
+    return torch.from_numpy(np.stack([np.asarray(blocks[r], dtype=np.int64) for r in rows]))
+
+
+def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts token t+1 (labels shifted by one).
+
+    This is what ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` computes; 03 writes it
+    out and a test checks the two agree.
+    """
+    shifted_logits = logits[:, :-1, :]
+    shifted_labels = input_ids[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)).float(), shifted_labels.reshape(-1)
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: int, device) -> float:
+    """Mean next-token loss over the first ``max_batches`` batches of ``blocks`` (every token weighs the same)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, min(len(blocks), batch_size * max_batches), batch_size):
+        rows = [np.asarray(blocks[i], dtype=np.int64) for i in range(start, min(start + batch_size, len(blocks)))]
+        batch = torch.from_numpy(np.stack(rows)).to(device)
+        logits = model(batch).logits
+        n = batch[:, 1:].numel()
+        total += causal_lm_loss(logits, batch).item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
+    """Write ``step-XXXXXX/`` atomically: into a temporary folder, then one rename.
+
+    A crash at any moment leaves either the complete new checkpoint or none of it.
+    Only the newest ``keep`` checkpoints are kept.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE_FILE)
+    meta = {"step": step, "sha256": _sha256(tmp / STATE_FILE), "saved_at": time.time()}
+    (tmp / META_FILE).write_text(json.dumps(meta))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (temporary folders are ignored)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def load_latest_checkpoint(folder: Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint that is complete and uncorrupted, or None.
+
+    A damaged one (missing files, checksum mismatch, unreadable) is skipped with a warning
+    naming it, and the previous good one is used.
+    """
+    for candidate in reversed(list_checkpoints(folder)):
+        try:
+            meta = json.loads((candidate / META_FILE).read_text())
+            if _sha256(candidate / STATE_FILE) != meta["sha256"]:
+                raise ValueError("checksum mismatch")
+            state = torch.load(candidate / STATE_FILE, weights_only=False)
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError) as error:
+            warnings.warn(f"checkpoint {candidate} is damaged ({error}); trying the previous one", stacklevel=2)
+            continue
+        return state, candidate
+    return None
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the trained model (unwrapped) and its history, one dict per step."""
+
+    model: torch.nn.Module
+    history: list[dict]
+    resumed_from: int
+    seconds: float
+
+
+def train(
+    model: torch.nn.Module,
+    train_blocks,
+    valid_blocks,
+    config: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    on_log: Callable[[list[dict]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` on token blocks; return the model and its training history.
+
+    ``checkpoint_dir``: where ``step-XXXXXX/`` checkpoints go; with ``resume`` the newest good
+    one is loaded first and training continues exactly where it stopped. ``stop_after``
+    stops early after that many optimizer steps (to demonstrate an interruption) without
+    changing the schedule. ``on_log`` is called with the history after every logged step
+    (03 passes a live plot). Introduced in ``03_finetuning_gpt2.ipynb``.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from helpers.runtime import pick_device, precision_policy, set_seed
+
+    if len(train_blocks) == 0:
+        raise ValueError("train_blocks is empty: prepare the data first (helpers.data.prepare)")
+    device = pick_device()
+    mixed = config.mixed_precision or precision_policy(device).accelerate_name
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(config.seed + rank)  # each process its own dropout masks
+
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.warmup_steps, config.num_steps)
+    start_step, history = 0, []
+    if checkpoint_dir is not None and resume:
+        found = load_latest_checkpoint(Path(checkpoint_dir))
+        if found:
+            state, path = found
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_step, history = state["step"], state["history"]
+            _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+            accelerator.print(f"resumed from {path.name} (step {start_step})")
+    model, optimizer = accelerator.prepare(model, optimizer)  # device placement, DDP, autocast
+
+    block_size = len(train_blocks[0])
+    tokens_per_step = config.batch_size * block_size * config.grad_accum_steps * world
+    last_step = config.num_steps if stop_after is None else min(config.num_steps, start_step + stop_after)
+    bar = tqdm(range(start_step, last_step), initial=start_step, total=config.num_steps, desc="training",
+               disable=not (progress and accelerator.is_main_process))
+    model.train()
+    started = time.perf_counter()
+    for step in bar:
+        step_start = time.perf_counter()
+        loss_sum = 0.0
+        for micro in range(config.grad_accum_steps):
+            # Global micro-batch index: this process takes every world-th one of this step's share.
+            index = (step * config.grad_accum_steps + micro) * world + rank
+            batch = micro_batch(train_blocks, index, config.batch_size, config.seed).to(accelerator.device)
+            sync = micro == config.grad_accum_steps - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                logits = model(batch).logits  # forward
+                loss = causal_lm_loss(logits, batch) / config.grad_accum_steps  # shifted-label cross-entropy
+                accelerator.backward(loss)  # gradients add up over micro-batches
+            loss_sum += loss.item()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        seconds = time.perf_counter() - step_start
+        record = {"step": step + 1, "loss": _mean_across(accelerator, loss_sum), "lr": scheduler.get_last_lr()[0],
+                  "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / seconds}
+        if (step + 1) % config.eval_interval == 0 or step + 1 == config.num_steps:
+            record["valid_loss"] = evaluate_loss(accelerator.unwrap_model(model), valid_blocks, config.batch_size,
+                                                 config.eval_batches, accelerator.device)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if on_log and accelerator.is_main_process and (step + 1) % config.log_interval == 0:
+            on_log(history)
+        if checkpoint_dir is not None and ((step + 1) % config.checkpoint_interval == 0 or step + 1 in (last_step, config.num_steps)):
+            _checkpoint(accelerator, model, optimizer, scheduler, step + 1, history, Path(checkpoint_dir), config.keep_checkpoints)
+    bar.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(accelerator.unwrap_model(model), history, start_step, time.perf_counter() - started)
+
+
+def _mean_across(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], device=accelerator.device)
+    return accelerator.reduce(tensor, reduction="mean").item()
+
+
+def _checkpoint(accelerator, model, optimizer, scheduler, step, history, folder, keep) -> None:
+    from accelerate.utils import gather_object
+
+    rng = gather_object([_rng_state()]) if accelerator.num_processes > 1 else _rng_state()
+    if accelerator.is_main_process:
+        state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "history": history, "rng": rng}
+        save_checkpoint(folder, step, state, keep)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m helpers.training``: the same fine-tuning as 03, from a config, for scaling out.
+
+    ``accelerate launch --num_processes 2 -m helpers.training --out DIR`` or
+    ``torchrun --nproc_per_node 2 -m helpers.training --out DIR`` run it on several GPUs
+    (or CPU processes with gloo); the settings of the current mode fill what is not given.
+    """
+    from helpers.data import prepare
+    from helpers.models import load_model, resolve_model_source
+    from helpers.settings import get_settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="JSON file with TrainConfig fields")
+    parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, the final model and history.json")
+    parser.add_argument("--model", help="a folder or hub id (default: the course's resolution order)")
+    for field in ("num_steps", "batch_size", "grad_accum_steps", "eval_interval", "checkpoint_interval"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--no-resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    overrides = json.loads(args.config.read_text()) if args.config else {}
+    overrides.update({k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None})
+    config = TrainConfig.from_settings(settings, **overrides)
+    data = prepare(settings=settings)
+    model, source = load_model(resolve_model_source(settings, course_model=args.model))
+    result = train(model, data.train_blocks, data.valid_blocks, config, checkpoint_dir=args.out / "checkpoints",
+                   resume=not args.no_resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        result.model.save_pretrained(args.out / "model")
+        (args.out / "history.json").write_text(json.dumps({"config": asdict(config), "history": result.history}, indent=1))
+        last = result.history[-1]
+        print(f"done: {len(result.history)} steps, loss {last['loss']:.3f}, model in {args.out / 'model'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""training: the written-out loss, learning, exact resume, damaged checkpoints, several processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from helpers.training import (
+    TrainConfig,
+    causal_lm_loss,
+    list_checkpoints,
+    load_latest_checkpoint,
+    make_optimizer,
+    micro_batch,
+    train,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_model(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    # small: every test trains in about a second on one core
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=50257))
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    rng = np.random.default_rng(0)
+    # a learnable stream: a repeating pattern of 16 tokens, so the loss can really fall
+    pattern = rng.integers(0, 1000, 16)
+    train = np.stack([np.roll(pattern, -i) for i in range(48)]).astype(np.uint16)
+    return train, train[:8]
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(num_steps=8, lr=3e-3, warmup_steps=1, batch_size=4, eval_interval=4, checkpoint_interval=2,
+                  mixed_precision="no")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_written_out_loss_equals_the_models_own(blocks):
+    model = tiny_model()
+    batch = torch.from_numpy(blocks[0][:3].astype(np.int64))
+    out = model(batch, labels=batch)  # transformers shifts the labels itself
+    assert torch.allclose(causal_lm_loss(out.logits, batch), out.loss, atol=1e-6)
+
+
+def test_optimizer_skips_decay_on_biases_and_norms():
+    model = tiny_model()
+    decay, no_decay = make_optimizer(model, lr=1e-3).param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    ln_gain = model.transformer.ln_f.weight
+    assert any(p is ln_gain for p in no_decay["params"])
+
+
+def test_micro_batches_cover_each_block_once_per_epoch():
+    train_blocks = np.arange(48 * 16, dtype=np.uint16).reshape(48, 16)  # every row different
+    seen = torch.cat([micro_batch(train_blocks, i, 4, seed=1) for i in range(len(train_blocks) // 4)])
+    rows = {tuple(r.tolist()) for r in seen}
+    assert len(rows) == len(train_blocks)
+    assert torch.equal(micro_batch(train_blocks, 3, 4, seed=1), micro_batch(train_blocks, 3, 4, seed=1))
+
+
+def test_loss_decreases(blocks):
+    result = train(tiny_model(), *blocks, config(num_steps=12), progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert "valid_loss" in result.history[3] and {"lr", "tokens_per_s", "grad_norm"} <= result.history[0].keys()
+
+
+def test_resume_gives_identical_parameters(blocks, tmp_path):
+    straight = train(tiny_model(), *blocks, config(), progress=False).model
+    first = train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, stop_after=4, progress=False)
+    assert first.history[-1]["step"] == 4
+    resumed = train(tiny_model(seed=99), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from == 4
+    assert len(resumed.history) == 8
+    for (name, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoints_are_complete_and_pruned(blocks, tmp_path):
+    train(tiny_model(), *blocks, config(keep_checkpoints=2), checkpoint_dir=tmp_path, progress=False)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step-000006", "step-000008"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(blocks, tmp_path):
+    train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
+    latest = list_checkpoints(tmp_path)[-1]
+    state_file = latest / "state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:1000])  # a torn write
+    with pytest.warns(UserWarning, match=latest.name):
+        state, path = load_latest_checkpoint(tmp_path)
+    assert path.name == "step-000006" and state["step"] == 6
+
+
+def test_partial_checkpoint_folder_is_ignored(blocks, tmp_path):
+    train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, stop_after=2, progress=False)
+    partial = tmp_path / ".tmp-step-000004-123"
+    shutil.copytree(list_checkpoints(tmp_path)[-1], partial)
+    (tmp_path / "step-000009").mkdir()  # a folder with nothing in it
+    with pytest.warns(UserWarning, match="step-000009"):
+        _, path = load_latest_checkpoint(tmp_path)
+    assert path.name == "step-000002"
+
+
+def test_empty_data_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty"):
+        train(tiny_model(), np.zeros((0, 16), dtype=np.uint16), None, config(), progress=False)
+
+
+def test_two_processes_match_one_with_doubled_accumulation(tmp_path):
+    """torchrun with gloo on CPU: 2 processes x accumulation 1 == 1 process x accumulation 2."""
+    worker = REPO / "tests" / "ddp_worker.py"
+    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), "2"], check=True, cwd=REPO)
+    subprocess.run([*env_cmd, str(worker), str(tmp_path / "two.pt"), "1"], check=True, cwd=REPO)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    initial = tiny_reference_differs(one)
+    assert initial, "training must have changed the parameters"
+
+
+def tiny_reference_differs(trained: dict) -> bool:
+    torch.manual_seed(0)
+    fresh = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=512,
+                                       bos_token_id=0, eos_token_id=0))
+    return any(not torch.equal(trained[k], v) for k, v in fresh.state_dict().items())
