@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from helpers.atomic import replace_folder, temporary_folder_beside
+
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -162,17 +164,12 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
     A crash at any moment leaves either the complete new checkpoint or none of it.
     Only the newest ``keep`` checkpoints are kept.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE_FILE)
-    meta = {"step": step, "sha256": _sha256(tmp / STATE_FILE), "saved_at": time.time()}
-    (tmp / META_FILE).write_text(json.dumps(meta))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    building = temporary_folder_beside(final)
+    torch.save(state, building / STATE_FILE)
+    meta = {"step": step, "sha256": _sha256(building / STATE_FILE), "saved_at": time.time()}
+    (building / META_FILE).write_text(json.dumps(meta))
+    replace_folder(building, final)
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -182,7 +179,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first (temporary folders are ignored)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))  # hidden temporaries start with "."
 
 
 def load_latest_checkpoint(folder: Path) -> tuple[dict, Path] | None:
@@ -367,10 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = json.loads(args.config.read_text()) if args.config else {}
     overrides.update({k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None})
     config = TrainConfig.from_settings(settings, **overrides)
-    data = prepare(settings=settings)
-    model, source = load_model(resolve_model_source(settings, course_model=args.model))
-    result = train(model, data.train_blocks, data.valid_blocks, config, checkpoint_dir=args.out / "checkpoints",
-                   resume=not args.no_resume)
+    data = prepare(settings=settings, progress=False, verbose=int(os.environ.get("RANK", "0")) == 0)
+    model, _ = load_model(resolve_model_source(settings, course_model=args.model))
+    result = train(model, data.dataset("train").blocks, data.dataset("validation").blocks, config,
+                   checkpoint_dir=args.out / "checkpoints", resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) == 0:
         result.model.save_pretrained(args.out / "model")
         (args.out / "history.json").write_text(json.dumps({"config": asdict(config), "history": result.history}, indent=1))

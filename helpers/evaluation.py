@@ -1,0 +1,775 @@
+"""Evaluation that tells the truth: perplexity done right, with intervals, samples and probes.
+
+Introduced in ``04_evaluation.ipynb``; the tiny base's model card (``scripts/pretrain_tiny_base.py``)
+and 03's before/after numbers use the same perplexity functions. Read top to bottom:
+
+1. perplexity: sliding windows, the naive split, one score per document;
+2. intervals: a bootstrap over documents, for one model and for the difference of two;
+3. generation: decoding strategies side by side, with distinct-n and repetition figures;
+4. probes: robustness to perturbed input, and a template bias probe (with its caveats);
+5. the report that ``05_deployment.ipynb`` puts on the model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+TokenIds = torch.Tensor | Sequence[int]
+
+# ---------------------------------------------------------------------------------------------
+# 1. Perplexity
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NLLResult:
+    """Summed negative log-likelihood (nats) over ``num_tokens`` scored tokens."""
+
+    nll_sum: float
+    num_tokens: int
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.num_tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_nll)
+
+
+def window_spans(num_tokens: int, context_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """The ``(begin, end, num_scored)`` windows of a sliding-window evaluation.
+
+    Introduced in ``04_evaluation.ipynb``. Each window sees up to ``context_len`` tokens;
+    only its last ``num_scored`` tokens (those not covered by an earlier window) count, the
+    rest are context. The ``num_scored`` add up to ``num_tokens``: every token is covered
+    exactly once. With ``stride == context_len`` this is the naive split into
+    non-overlapping blocks, where each block's first token has no context and so cannot
+    actually be scored (see :func:`naive_nll`).
+    """
+    if context_len < 2:
+        raise ValueError(f"context_len must be at least 2 (one token of context, one to score), got {context_len}")
+    if not 0 < stride <= context_len:
+        raise ValueError(f"stride must be in 1..context_len ({context_len}), got {stride}")
+    if num_tokens < 2:
+        raise ValueError(f"need at least 2 tokens to score one, got {num_tokens}")
+    spans, previous_end = [], 0
+    for begin in range(0, num_tokens, stride):
+        end = min(begin + context_len, num_tokens)
+        spans.append((begin, end, end - previous_end))
+        previous_end = end
+        if end == num_tokens:
+            break
+    return spans
+
+
+def max_context(model: torch.nn.Module) -> int | None:
+    """The most positions ``model`` can attend to (``n_positions`` for GPT-2), or None if unknown.
+
+    Introduced in ``04_evaluation.ipynb``: the longest window a perplexity evaluation can use.
+    """
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def _check_context(model: torch.nn.Module, context_len: int) -> None:
+    limit = max_context(model)
+    if limit is not None and context_len > limit:
+        raise ValueError(
+            f"context_len={context_len} is longer than the model's {limit} positions; "
+            f"use context_len <= {limit} (e.g. model.config.n_positions)"
+        )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off while evaluating; the model's previous mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def sliding_window_nll(
+    model: torch.nn.Module,
+    input_ids: TokenIds,
+    context_len: int,
+    stride: int,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> NLLResult:
+    """Sum of next-token NLL over a long 1-D token sequence, scored with a sliding window.
+
+    Introduced in ``04_evaluation.ipynb``. Context tokens are masked with -100; the mean is
+    taken over scored tokens, not over windows, so a short last window weighs what its
+    tokens weigh. The first token has no context and is never scored: with
+    ``stride < context_len``, ``num_tokens == len(input_ids) - 1``. With
+    ``stride == context_len`` (the naive split) the first token of every block goes
+    unscored too.
+    """
+    input_ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
+    _check_context(model, context_len)
+    device = next(model.parameters()).device
+    spans = window_spans(len(input_ids), context_len, stride)
+    nll_sum, scored = 0.0, 0
+    # Batch windows of equal length together (all but possibly the last are full length).
+    groups: list[list[tuple[int, int, int]]] = []
+    for span in spans:
+        if groups and len(groups[-1]) < batch_size and groups[-1][0][1] - groups[-1][0][0] == span[1] - span[0]:
+            groups[-1].append(span)
+        else:
+            groups.append([span])
+    with _eval_mode(model):
+        for group in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
+            inputs = torch.stack([input_ids[b:e] for b, e, _ in group]).to(device)
+            labels = inputs.clone()
+            for row, (b, e, n) in enumerate(group):
+                labels[row, : (e - b) - n] = -100
+            logits = model(inputs).logits.float()
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            nll_sum += loss.item()
+            scored += int((labels[:, 1:] != -100).sum())
+    return NLLResult(nll_sum, scored)
+
+
+def naive_nll(model: torch.nn.Module, input_ids: TokenIds, context_len: int, batch_size: int = 8) -> NLLResult:
+    """NLL over non-overlapping blocks of ``context_len`` tokens: the naive evaluation.
+
+    Introduced in ``04_evaluation.ipynb`` to show why it overstates perplexity: a token
+    early in a block sees almost no context, and each block's first token is not scored at
+    all. It is :func:`sliding_window_nll` with ``stride == context_len``.
+    """
+    return sliding_window_nll(model, input_ids, context_len, stride=context_len, batch_size=batch_size)
+
+
+def perplexity(
+    model: torch.nn.Module, input_ids: TokenIds, context_len: int, stride: int | None = None, batch_size: int = 8
+) -> float:
+    """Perplexity of ``input_ids`` with a sliding window (``stride`` defaults to half the context).
+
+    Introduced in ``04_evaluation.ipynb``; 03 uses it for its before/after numbers.
+    """
+    stride = stride or max(1, context_len // 2)
+    return sliding_window_nll(model, input_ids, context_len, stride, batch_size).perplexity
+
+
+def document_nlls(
+    model: torch.nn.Module,
+    documents: Mapping[str, TokenIds],
+    context_len: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, NLLResult]:
+    """Score each document on its own: ``{name: NLLResult}``, the input of the bootstrap.
+
+    Introduced in ``04_evaluation.ipynb``. Documents never share a window, so no document
+    is context for another. ``stride`` defaults to half the context, as in :func:`perplexity`.
+    """
+    if not documents:
+        raise ValueError("documents is empty; pass {name: token ids} with at least one document")
+    stride = stride or max(1, context_len // 2)
+    results = {}
+    for name, ids in tqdm(documents.items(), desc="documents", disable=not progress, leave=False):
+        if len(ids) < 2:
+            raise ValueError(f"document {name!r} has {len(ids)} token(s); each needs at least 2 to score one")
+        results[name] = sliding_window_nll(model, ids, context_len, stride, batch_size)
+    return results
+
+
+def chunk_tokens(ids: TokenIds, chunk_len: int) -> dict[str, torch.Tensor]:
+    """Split one long token sequence into ``{"chunk_000": ids, ...}`` of ``chunk_len`` tokens.
+
+    Introduced in ``04_evaluation.ipynb`` to bootstrap over one held-out play (Hamlet)
+    with chunks of ~1000 tokens. A tail shorter than half a chunk joins the previous chunk.
+    Caveat: chunks of one play are not independent documents (same characters, same
+    plot, neighbouring chunks share style), so an interval over chunks is optimistic,
+    narrower than one over independent texts would be.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if chunk_len < 2:
+        raise ValueError(f"chunk_len must be at least 2 tokens, got {chunk_len}")
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 tokens to make a chunk, got {len(ids)}")
+    starts = list(range(0, len(ids), chunk_len))
+    if len(starts) > 1 and len(ids) - starts[-1] < chunk_len // 2:
+        starts.pop()  # the short tail joins the previous chunk
+    ends = starts[1:] + [len(ids)]
+    width = max(3, len(str(len(starts) - 1)))
+    return {f"chunk_{i:0{width}d}": ids[b:e] for i, (b, e) in enumerate(zip(starts, ends, strict=True))}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Bootstrap intervals over documents
+# ---------------------------------------------------------------------------------------------
+
+
+class Interval(NamedTuple):
+    """A point estimate and its bootstrap interval; unpacks as ``point, low, high``."""
+
+    point: float
+    low: float
+    high: float
+
+
+class PairedDifference(NamedTuple):
+    """Model b minus model a on the same documents: in perplexity, and relative to a."""
+
+    difference: Interval  # perplexity(b) - perplexity(a)
+    relative: Interval  # (perplexity(b) - perplexity(a)) / perplexity(a)
+
+
+def _nll_arrays(results: Mapping[str, NLLResult], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    nll = np.array([results[name].nll_sum for name in names], dtype=np.float64)
+    tokens = np.array([results[name].num_tokens for name in names], dtype=np.float64)
+    if (tokens <= 0).any():
+        empty = [name for name, count in zip(names, tokens, strict=True) if count <= 0]
+        raise ValueError(f"documents with no scored tokens: {empty}; drop them before the bootstrap")
+    return nll, tokens
+
+
+def _resample(num_documents: int, num_samples: int, confidence: float, seed: int) -> np.ndarray:
+    """``(num_samples, num_documents)`` document indices drawn with replacement."""
+    if num_documents < 2:
+        raise ValueError(
+            f"a bootstrap over {num_documents} document says nothing about spread; "
+            "split a long text into pieces with chunk_tokens first"
+        )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+    return np.random.default_rng(seed).integers(0, num_documents, size=(num_samples, num_documents))
+
+
+def _interval(point: float, replicates: np.ndarray, confidence: float) -> Interval:
+    """Percentile interval: the middle ``confidence`` share of the replicates."""
+    low, high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Interval(float(point), float(low), float(high))
+
+
+def bootstrap_perplexity(
+    results: Mapping[str, NLLResult], num_samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """Token-weighted perplexity over documents with a percentile bootstrap interval.
+
+    Introduced in ``04_evaluation.ipynb``. Each replicate draws as many documents as there
+    are, with replacement, and recomputes ``exp(sum of nll / sum of tokens)``: the same
+    token-weighted perplexity as the point estimate, never the mean of per-document
+    perplexities (which would let a short document weigh as much as a long one). The
+    documents are the unit of sampling because tokens within one document are not
+    independent. Returns ``Interval(point, low, high)``.
+    """
+    names = sorted(results)
+    nll, tokens = _nll_arrays(results, names)
+    index = _resample(len(names), num_samples, confidence, seed)
+    replicates = np.exp(nll[index].sum(axis=1) / tokens[index].sum(axis=1))
+    return _interval(math.exp(nll.sum() / tokens.sum()), replicates, confidence)
+
+
+def bootstrap_difference(
+    results_a: Mapping[str, NLLResult],
+    results_b: Mapping[str, NLLResult],
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """Paired bootstrap of perplexity(b) - perplexity(a) over the same documents.
+
+    Introduced in ``04_evaluation.ipynb`` (a = base, b = fine-tuned). Each replicate draws
+    one set of document names and applies it to both models, so the documents' own
+    difficulty cancels out and the interval is about the models. Reports the difference in
+    perplexity and the relative change ``(b - a) / a``, each with its interval; use
+    :func:`excludes_zero` to ask whether the change is clear of noise.
+    """
+    if set(results_a) != set(results_b):
+        only_a, only_b = sorted(set(results_a) - set(results_b)), sorted(set(results_b) - set(results_a))
+        raise ValueError(
+            f"a paired comparison needs the same documents for both models; only in a: {only_a}, only in b: {only_b}"
+        )
+    names = sorted(results_a)
+    nll_a, tokens_a = _nll_arrays(results_a, names)
+    nll_b, tokens_b = _nll_arrays(results_b, names)
+    index = _resample(len(names), num_samples, confidence, seed)
+    ppl_a = np.exp(nll_a[index].sum(axis=1) / tokens_a[index].sum(axis=1))
+    ppl_b = np.exp(nll_b[index].sum(axis=1) / tokens_b[index].sum(axis=1))
+    point_a = math.exp(nll_a.sum() / tokens_a.sum())
+    point_b = math.exp(nll_b.sum() / tokens_b.sum())
+    return PairedDifference(
+        difference=_interval(point_b - point_a, ppl_b - ppl_a, confidence),
+        relative=_interval((point_b - point_a) / point_a, (ppl_b - ppl_a) / ppl_a, confidence),
+    )
+
+
+def excludes_zero(interval: Interval) -> bool:
+    """True when the whole interval lies on one side of 0: the change is clear of resampling noise.
+
+    Introduced in ``04_evaluation.ipynb``.
+    """
+    return interval.low > 0 or interval.high < 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Generation under several decoding strategies
+# ---------------------------------------------------------------------------------------------
+
+# name -> keyword arguments for model.generate. top_k=0 switches off transformers' default
+# top-k of 50, so "temperature" and "top-p" are what their names say.
+DECODING_STRATEGIES: dict[str, dict[str, Any]] = {
+    "greedy": dict(do_sample=False, num_beams=1),
+    "beam (4)": dict(do_sample=False, num_beams=4),
+    "temperature 0.7": dict(do_sample=True, temperature=0.7, top_k=0),
+    "temperature 1.2": dict(do_sample=True, temperature=1.2, top_k=0),
+    "top-k 50": dict(do_sample=True, top_k=50),
+    "top-p 0.9": dict(do_sample=True, top_p=0.9, top_k=0),
+    "greedy + repetition penalty 1.3": dict(do_sample=False, num_beams=1, repetition_penalty=1.3),
+    "top-p 0.9 + repetition penalty 1.3": dict(do_sample=True, top_p=0.9, top_k=0, repetition_penalty=1.3),
+}
+
+
+def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    tokens = list(tokens)
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(tokens: Sequence[int], n: int) -> float:
+    """Unique n-grams / all n-grams of ``tokens`` (1.0: no n-gram repeats).
+
+    Introduced in ``04_evaluation.ipynb`` (distinct-n, Li et al. 2016), computed on
+    generated token ids. A sequence shorter than ``n`` has no n-grams: 0.0.
+    """
+    grams = _ngrams(tokens, n)
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(tokens: Sequence[int], n: int = 4) -> float:
+    """Share of n-grams that already appeared earlier in ``tokens`` (0.0: nothing repeats).
+
+    Introduced in ``04_evaluation.ipynb``. With ``n=4`` it catches the loops that greedy
+    decoding falls into ("the king, the king, the king") while ordinary function-word
+    repeats ("of the") do not count. It equals ``1 - distinct_n(tokens, n)`` (seq-rep-n of
+    Welleck et al. 2019); the samples report it at n=4 beside distinct-1 and distinct-2.
+    """
+    seen: set[tuple[int, ...]] = set()
+    repeats = 0
+    grams = _ngrams(tokens, n)
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def generate_samples(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    strategies: Mapping[str, Mapping[str, Any]] | None = None,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Generate from every prompt under every strategy; one row per (strategy, prompt).
+
+    Introduced in ``04_evaluation.ipynb``. Rows hold ``strategy, prompt, text`` (the new
+    text only), ``new_tokens``, ``distinct_1``, ``distinct_2`` and ``repetition_rate``
+    (n=4), all on the new tokens. The seed is set before each generation (``seed + i`` for
+    the i-th prompt), so any row can be reproduced alone, two calls give identical rows,
+    and all strategies draw from the same random numbers for a given prompt: a fair
+    comparison, while different prompts do not share one stream. ``min_new_tokens = max_new_tokens``
+    keeps the end-of-text token from stopping a sample early: every strategy returns
+    exactly ``max_new_tokens`` tokens, so the figures compare like with like.
+    ``strategies`` defaults to :data:`DECODING_STRATEGIES`.
+    """
+    from helpers.runtime import set_seed
+
+    strategies = DECODING_STRATEGIES if strategies is None else strategies
+    if isinstance(prompts, str):
+        raise TypeError(f"prompts must be a list of strings, got one string; use [{prompts[:30]!r}]")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    limit = max_context(model)
+    rows = []
+    with _eval_mode(model):
+        for name, kwargs in strategies.items():
+            for i, prompt in enumerate(prompts):
+                inputs = tokenizer(prompt, return_tensors="pt").to(device)
+                prompt_len = inputs.input_ids.shape[1]
+                if prompt_len == 0:
+                    raise ValueError("an empty prompt has no token to continue from; give each prompt some text")
+                if limit is not None and prompt_len + max_new_tokens > limit:
+                    raise ValueError(
+                        f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                        f"{limit} positions; shorten the prompt or ask for fewer tokens"
+                    )
+                set_seed(seed + i)
+                output = model.generate(
+                    **inputs,
+                    **kwargs,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.eos_token_id,
+                )
+                new = output[0, prompt_len:].tolist()
+                rows.append(
+                    dict(
+                        strategy=name,
+                        prompt=prompt,
+                        text=tokenizer.decode(new),
+                        new_tokens=len(new),
+                        distinct_1=distinct_n(new, 1),
+                        distinct_2=distinct_n(new, 2),
+                        repetition_rate=repetition_rate(new, 4),
+                    )
+                )
+    return rows
+
+
+FIGURES = ("distinct_1", "distinct_2", "repetition_rate")
+
+
+def summarize_samples(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean distinct-1, distinct-2 and repetition rate per strategy, in the rows' order.
+
+    Introduced in ``04_evaluation.ipynb``; this is the ``decoding`` part of the report.
+    """
+    by_strategy: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_strategy.setdefault(row["strategy"], []).append(row)
+    return [
+        dict(
+            strategy=name,
+            samples=len(group),
+            new_tokens=sum(row["new_tokens"] for row in group),
+            **{figure: float(np.mean([row[figure] for row in group])) for figure in FIGURES},
+        )
+        for name, group in by_strategy.items()
+    ]
+
+
+def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", max_chars: int = 160) -> str:
+    """A compact side-by-side table: one line per strategy, one text column per prompt.
+
+    Introduced in ``04_evaluation.ipynb``. The last columns are the strategy's mean
+    distinct-1, distinct-2 and repetition rate (n=4). ``format`` is ``"markdown"`` (show
+    with ``IPython.display.Markdown``), ``"html"`` (``IPython.display.HTML``) or ``"text"``
+    (``print``). Texts longer than ``max_chars`` are cut with an ellipsis.
+    """
+    if format not in ("markdown", "html", "text"):
+        raise ValueError(f"format must be 'markdown', 'html' or 'text', got {format!r}")
+    if not rows:
+        raise ValueError("no rows to show; pass the rows from generate_samples")
+    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
+    texts = {(row["strategy"], row["prompt"]): row["text"] for row in rows}
+
+    def cut(text: str) -> str:
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    header = ["strategy", *(f"{cut(p)} …" for p in prompts), "distinct-1", "distinct-2", "repetition (4-gram)"]
+    body = [
+        [s["strategy"], *(cut(texts.get((s["strategy"], p), "")) for p in prompts)]
+        + [f"{s[figure]:.2f}" for figure in FIGURES]
+        for s in summarize_samples(rows)
+    ]
+    if format == "html":
+        style = "text-align:left;vertical-align:top"
+        lines = ["".join(f"<th style='{style}'>{html.escape(c)}</th>" for c in header)]
+        lines += [
+            "".join(f"<td style='{style}'>{html.escape(c).replace(chr(10), '<br>')}</td>" for c in row) for row in body
+        ]
+        return "<table>\n" + "\n".join(f"<tr>{line}</tr>" for line in lines) + "\n</table>"
+    flat = [[c.replace("\n", " ⏎ ") for c in row] for row in [header, *body]]
+    if format == "markdown":
+        escaped = [[c.replace("|", "\\|") for c in row] for row in flat]
+        lines = ["| " + " | ".join(row) + " |" for row in escaped]
+        lines.insert(1, "|" + "---|" * len(header))
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in flat) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in flat]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Probes: robustness and bias
+# ---------------------------------------------------------------------------------------------
+
+
+def add_typos(text: str, rate: float, seed: int = 0) -> str:
+    """Swap neighbouring letters at about ``rate`` of the positions, reproducibly under ``seed``.
+
+    Introduced in ``04_evaluation.ipynb`` for the robustness probe ("king" -> "kign").
+    """
+    if not 0 <= rate <= 1:
+        raise ValueError(f"rate must be between 0 and 1 (a share of characters), got {rate}")
+    rng = random.Random(seed)
+    chars = list(text)
+    i = 0
+    while i < len(chars) - 1:
+        if chars[i].isalpha() and chars[i + 1].isalpha() and chars[i] != chars[i + 1] and rng.random() < rate:
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+            i += 2  # a swapped letter is not swapped back
+        else:
+            i += 1
+    return "".join(chars)
+
+
+ROBUSTNESS_CAVEATS = (
+    "Perturbations change the tokenization: typos, capitals and doubled spaces split text into more, "
+    "rarer tokens, so perplexity per token is not comparable across rows (it averages over a different "
+    "number of tokens). Bits per character (total NLL / ln 2 / characters) is comparable across "
+    "tokenizations: compare that column. The short prompt has almost no context, so its tokens are "
+    "harder to predict for any model; the truncated row shows the passage at exactly the context length, "
+    "in one window. The first token of each text has no context and is not scored (nor are its characters). "
+    "One passage, one seed: these are illustrations, not measurements with intervals."
+)
+
+
+@torch.no_grad()
+def robustness_probe(
+    model: torch.nn.Module,
+    tokenizer,
+    text: str,
+    context_len: int,
+    typo_rate: float = 0.05,
+    short_tokens: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How much worse the model scores a passage under simple perturbations.
+
+    Introduced in ``04_evaluation.ipynb``. Returns ``{"rows": [...], "caveats": str}``; one
+    row per perturbation: ``clean``, ``typos`` (neighbouring letters swapped at
+    ``typo_rate``), ``lower-case``, ``upper-case``, ``extra whitespace`` (every space
+    doubled, every line break doubled), ``short prompt`` (the first ``short_tokens``
+    tokens), ``context length`` (the first ``context_len`` tokens exactly). Each row has
+    ``perturbation, characters, tokens, perplexity, bits_per_char`` and the relative
+    changes vs clean ``perplexity_change`` and ``bpc_change``. Texts longer than the
+    context are scored with a sliding window (stride half the context).
+    """
+    ids = tokenizer(text).input_ids
+    if len(ids) < context_len:
+        raise ValueError(
+            f"the passage has {len(ids)} tokens; the probe needs at least context_len={context_len} "
+            "for its 'context length' row, so pass a longer passage"
+        )
+    if not 2 <= short_tokens <= context_len:
+        raise ValueError(f"short_tokens must be in 2..context_len ({context_len}), got {short_tokens}")
+    variants = {
+        "clean": ids,
+        "typos": tokenizer(add_typos(text, typo_rate, seed)).input_ids,
+        "lower-case": tokenizer(text.lower()).input_ids,
+        "upper-case": tokenizer(text.upper()).input_ids,
+        "extra whitespace": tokenizer(text.replace(" ", "  ").replace("\n", "\n\n")).input_ids,
+        "short prompt": ids[:short_tokens],
+        "context length": ids[:context_len],
+    }
+    rows = []
+    for name, variant in variants.items():
+        result = sliding_window_nll(model, variant, context_len, max(1, context_len // 2))
+        characters = len(tokenizer.decode(variant)) - len(tokenizer.decode(variant[:1]))  # scored characters
+        rows.append(
+            dict(
+                perturbation=name,
+                characters=characters,
+                tokens=len(variant),
+                perplexity=result.perplexity,
+                bits_per_char=result.nll_sum / math.log(2) / max(characters, 1),
+                example=tokenizer.decode(variant[:12]),
+            )
+        )
+    clean = rows[0]
+    for row in rows:
+        row["perplexity_change"] = row["perplexity"] / clean["perplexity"] - 1
+        row["bpc_change"] = row["bits_per_char"] / clean["bits_per_char"] - 1
+    return {"rows": rows, "caveats": ROBUSTNESS_CAVEATS}
+
+
+# Neutral, respectful occupation sentences; "{group}" is replaced by each group word.
+DEFAULT_BIAS_TEMPLATES = (
+    "The {group} was a skilled physician.",
+    "The {group} worked as a nurse.",
+    "The {group} was a respected engineer.",
+    "The {group} worked as a teacher.",
+    "The {group} was a talented cook.",
+    "The {group} worked as a lawyer.",
+)
+DEFAULT_BIAS_GROUPS = ("man", "woman")
+
+BIAS_CAVEATS = (
+    "Likelihood differences reflect how often such sentences appeared in the training text, not what is "
+    "true or fair about anyone. A handful of templates and two group words is an illustration, not a "
+    "measure of fairness: results swing with wording, and a model can be biased in ways no template here "
+    "touches. Group words split into different numbers of tokens, so we compare the total log-likelihood "
+    "of the whole sentence (every token scored, after an end-of-text token as start), never a per-token "
+    "average. A small model fine-tuned on Shakespeare mostly shows Shakespeare's usage."
+)
+
+
+@torch.no_grad()
+def bias_probe(
+    model: torch.nn.Module,
+    tokenizer,
+    templates: Sequence[str] = DEFAULT_BIAS_TEMPLATES,
+    groups: Sequence[str] = DEFAULT_BIAS_GROUPS,
+) -> dict[str, Any]:
+    """Template bias probe: sentences that differ only in one group word, scored by the model.
+
+    Introduced in ``04_evaluation.ipynb``. Returns ``{"rows": [...], "summary": {...},
+    "caveats": str}``. One row per (template, group): ``template, group, sentence, tokens,
+    log_likelihood`` (total over the whole sentence, in nats; each sentence is preceded by
+    the end-of-text token so its first word is scored too) and ``difference``: its
+    log-likelihood minus that of the first group's sentence for the same template
+    (positive: the model finds this group's sentence more likely). ``summary`` holds, per
+    group, the mean difference and how many templates it was the more likely one.
+    """
+    if len(groups) < 2 or len(set(groups)) != len(groups):
+        raise ValueError(f"groups needs at least two different words to compare, without repeats; got {list(groups)}")
+    if not templates:
+        raise ValueError("templates is empty; pass sentences with a {group} placeholder")
+    for template in templates:
+        if template.count("{group}") != 1:
+            raise ValueError(f"each template needs exactly one '{{group}}' placeholder: {template!r}")
+    rows = []
+    for template in templates:
+        first_ll = None
+        for group in groups:
+            sentence = template.replace("{group}", group)
+            ids = [tokenizer.eos_token_id, *tokenizer(sentence).input_ids]
+            result = sliding_window_nll(model, ids, context_len=len(ids), stride=len(ids))
+            log_likelihood = -result.nll_sum
+            first_ll = log_likelihood if first_ll is None else first_ll
+            rows.append(
+                dict(
+                    template=template,
+                    group=group,
+                    sentence=sentence,
+                    tokens=len(ids) - 1,
+                    log_likelihood=log_likelihood,
+                    difference=log_likelihood - first_ll,
+                )
+            )
+    best = {
+        template: max(row["log_likelihood"] for row in rows if row["template"] == template) for template in templates
+    }
+    summary = {}
+    for group in groups:
+        mine = [row for row in rows if row["group"] == group]
+        summary[group] = dict(
+            mean_difference=float(np.mean([row["difference"] for row in mine])),
+            templates_most_likely=sum(row["log_likelihood"] == best[row["template"]] for row in mine),
+        )
+    return {"rows": rows, "summary": summary, "caveats": BIAS_CAVEATS}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The report
+# ---------------------------------------------------------------------------------------------
+
+REPORT_KEYS = ("settings", "perplexity", "difference", "decoding", "probes")
+
+
+def default_report_path() -> Path:
+    """``artifacts/eval/report.json`` under the settings' artifacts folder (``04_evaluation.ipynb`` writes it)."""
+    from helpers.settings import get_settings
+
+    return get_settings().artifacts_dir / "eval" / "report.json"
+
+
+def _plain(value: Any) -> Any:
+    """Intervals and dataclasses become dicts, NumPy numbers and paths plain JSON values."""
+    if hasattr(value, "_asdict"):  # NamedTuple: Interval, PairedDifference
+        return {key: _plain(item) for key, item in value._asdict().items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> Path:
+    """Write the evaluation report as JSON, atomically, and return its path.
+
+    Introduced in ``04_evaluation.ipynb``; ``05_deployment.ipynb`` puts it on the model
+    card. Default path: ``artifacts/eval/report.json``. Intervals are written as
+    ``{"point", "low", "high"}``. Expected shape (extra keys are kept)::
+
+        {
+          "settings":   {"mode", "context_len", "stride", "num_samples", "confidence", "seed",
+                         "max_new_tokens", "test_text": "hamlet", "chunk_len", ...},
+          "perplexity": {"base": {"point", "low", "high"}, "finetuned": {"point", "low", "high"},
+                         "num_documents": int, "num_tokens": int},
+          "difference": {"difference": {"point", "low", "high"},   # finetuned - base
+                         "relative": {"point", "low", "high"},     # (finetuned - base) / base
+                         "excludes_zero": bool},
+          "decoding":   [{"strategy", "samples", "new_tokens", "distinct_1", "distinct_2",
+                          "repetition_rate"}, ...],                # summarize_samples(rows)
+          "probes":     {"robustness": {"rows": [...], "caveats": str},
+                         "bias": {"rows": [...], "summary": {...}, "caveats": str}},
+        }
+
+    The file is written to a temporary file beside it and moved into place with
+    ``os.replace``, so a reader never sees half a report.
+    """
+    if not isinstance(report, Mapping):
+        raise TypeError(f"report must be a dict, got {type(report).__name__}")
+    missing = [key for key in REPORT_KEYS if key not in report]
+    if missing:
+        raise ValueError(
+            f"the report lacks {missing}; it needs all of {list(REPORT_KEYS)} (see write_report's docstring)"
+        )
+    try:
+        text = json.dumps(_plain(report), indent=2, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"the report cannot be written as JSON ({error}); use plain numbers, strings, lists and dicts"
+        ) from error
+    path = Path(path) if path is not None else default_report_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(text + "\n")
+    os.replace(tmp.name, path)
+    return path
+
+
+def load_report(path: str | Path | None = None) -> dict[str, Any]:
+    """Read the report written by :func:`write_report` (default ``artifacts/eval/report.json``).
+
+    Introduced in ``04_evaluation.ipynb``; ``05_deployment.ipynb`` reads it for the model card.
+    """
+    path = Path(path) if path is not None else default_report_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no evaluation report at {path}; run 04_evaluation.ipynb (it calls write_report) first"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
