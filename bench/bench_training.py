@@ -1,0 +1,113 @@
+"""Training speed, side by side in one run (issue: notebook 03).
+
+1. The helper's loop against ``transformers.Trainer``: same model, same token blocks, same
+   settings (batch 8 x 128, AdamW, warmup + cosine, clipping, the runtime precision policy),
+   whole-run tokens per second. Target: ratio >= 1.0.
+2. Model-FLOPs utilisation of a GPT-2-small-shaped training step (124M parameters, batch
+   8 x 128 tokens) through the helper's loop, against the matmul peak measured in the same
+   run, in fp32 and (where the hardware has it) bf16. Model FLOPs per token follow the
+   PaLM appendix: 6 x (parameters except position embeddings) + 12 x layers x width x
+   context (attention scores and values); a step is forward + backward.
+
+Heavy: GPT-2 small steps take seconds each on a CPU. ``BENCH_STEPS`` scales it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from bench import Comparison, best_of
+from helpers.finetune import run_trainer
+from helpers.runtime import cpu_supports_bf16, pick_device
+from helpers.training import TrainConfig, train
+
+STEPS = int(os.environ.get("BENCH_STEPS", "12"))
+BATCH, BLOCK = 8, 128
+
+
+def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 2048) -> float:
+    """Best FLOP/s of a square matmul: the practical ceiling for this machine and dtype."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(a, b)
+    repeats = 5 if device.type == "cpu" else 50
+
+    def run():
+        for _ in range(repeats):
+            torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return 2 * size**3 * repeats / best_of(run, 3)
+
+
+def model_flops_per_token(config: GPT2Config, context: int) -> float:
+    params = (config.vocab_size + 12 * config.n_embd * config.n_layer) * config.n_embd  # embeddings + blocks
+    params += config.n_layer * (13 * config.n_embd) + 2 * config.n_embd  # biases and norms
+    return 6 * params + 12 * config.n_layer * config.n_embd * context
+
+
+def random_blocks(num_blocks: int, vocab: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, (num_blocks, BLOCK)).astype(np.uint16)
+
+
+def bench_helper_vs_trainer(device: torch.device) -> Comparison:
+    from helpers.models import load_model, resolve_model_source
+    from helpers.settings import make_settings
+
+    source = resolve_model_source(make_settings("cpu"))
+    base = load_model(source)[0] if Path(source.location).is_dir() else GPT2LMHeadModel(
+        GPT2Config(n_layer=6, n_embd=128, n_head=4, n_positions=256))
+    blocks = random_blocks(BATCH * STEPS * 2, base.config.vocab_size)
+    steps = STEPS * 2
+    config = TrainConfig(num_steps=steps, lr=1e-3, warmup_steps=2, batch_size=BATCH, eval_interval=10**9,
+                         checkpoint_interval=10**9)
+    ours = train(copy.deepcopy(base), blocks, blocks[:BATCH], config, progress=False)
+    ours_rate = steps * BATCH * BLOCK / ours.seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs = run_trainer(copy.deepcopy(base), blocks, blocks[:BATCH], config, Path(tmp), num_steps=steps)
+    return Comparison("training loop: helper vs Trainer (tiny base, 8x128)", "tokens/s", "Trainer",
+                      theirs["tokens_per_s"], "helper", ours_rate, ">= 1.0")
+
+
+def bench_mfu(device: torch.device, dtype: torch.dtype) -> Comparison:
+    config = GPT2Config(n_positions=1024)  # GPT-2 small: 12 layers, 768 wide, 50,257 tokens
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).to(device)
+    blocks = random_blocks(BATCH * (STEPS + 2), config.vocab_size)
+    precision = "bf16" if dtype is torch.bfloat16 else "no"
+    train_config = TrainConfig(num_steps=STEPS + 2, lr=1e-4, warmup_steps=1, batch_size=BATCH, eval_interval=10**9,
+                               checkpoint_interval=10**9, mixed_precision=precision)
+    result = train(model, blocks, blocks[:BATCH], train_config, progress=False)
+    step_seconds = sorted(BATCH * BLOCK / h["tokens_per_s"] for h in result.history[2:])  # skip warm-up steps
+    median = step_seconds[len(step_seconds) // 2]
+    achieved = model_flops_per_token(config, BLOCK) * BATCH * BLOCK / median
+    peak = matmul_peak_flops(dtype, device)
+    name = "fp32" if dtype is torch.float32 else "bf16"
+    return Comparison(f"MFU: GPT-2 small step 8x128, {name} ({device.type})", "GFLOP/s", f"{name} matmul peak",
+                      peak / 1e9, "model FLOPs in training", achieved / 1e9, ">= 0.70" if name == "fp32" else ">= 0.55")
+
+
+def run() -> list[Comparison]:
+    device = pick_device()
+    rows = [bench_helper_vs_trainer(device), bench_mfu(device, torch.float32)]
+    if device.type == "cuda" or cpu_supports_bf16():
+        rows.append(bench_mfu(device, torch.bfloat16))
+    else:
+        print("  bf16 MFU skipped: this CPU has no native bf16 (autocast would emulate it, ~20x slower than fp32)")
+    return rows
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    for row in run():
+        print(row, f"ratio {row.ratio:.3f}")
+    print(f"{time.perf_counter() - start:.0f} s")
