@@ -13,9 +13,12 @@ The references are computed here with plain NumPy (or :mod:`helpers.by_hand`), n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from helpers import by_hand
+from helpers.data import EOS_ID, luhn_valid, pack_documents, to_blocks
 
 CORRECT = "✅ correct"
 NOT_DONE = "⏳ not done yet"
@@ -136,4 +139,124 @@ def check_cross_entropy_grad(answer) -> None:
         by_hand.softmax(z) - by_hand.one_hot([CE_EXERCISE_TARGET], z.size)[0],
         "the gradient is softmax(z) − onehot(target): every probability, minus 1 at the target id.",
         atol=1e-4,
+    )
+
+
+# --- 02_data_preparation.ipynb -----------------------------------------------------------
+
+# Published test card numbers (they pass the checksum) and near misses (they do not).
+_LUHN_CASES = (
+    "4111 1111 1111 1111", "4242424242424242", "5555-5555-5555-4444", "378282246310005", "6011111111111117",
+    "4111 1111 1111 1112", "4242424242424241", "1234567812345678", "79927398710", "79927398713",
+)
+_PACK_DOCUMENTS = ([11, 12, 13], [21, 22], [31, 32, 33, 34])
+_PACK_BLOCK_SIZE = 5
+
+
+def check_luhn(fn: Callable[[str], bool] | None) -> None:
+    """Exercise 1 of ``02_data_preparation.ipynb``: a Luhn checksum written by hand.
+
+    ``fn(number)`` takes a string of digits (maybe with spaces or dashes) and returns a bool;
+    it is compared with :func:`helpers.data.luhn_valid` on published test numbers.
+    """
+    if fn is None:
+        print("⏳ not done yet: write the function, then pass it to check_luhn")
+        return
+    for number in _LUHN_CASES:
+        expected = luhn_valid(number)
+        try:
+            got = fn(number)
+        except Exception as error:  # a learner's bug must not stop the notebook
+            print(f"❌ your function raised {type(error).__name__}: {error} on {number!r}. "
+                  "Hint: keep only the digits first, e.g. [int(c) for c in number if c.isdigit()]")
+            return
+        if bool(got) != expected:
+            print(f"❌ {number!r}: you said {got}, the checksum says {expected}. Hint: double every second "
+                  "digit counting from the right (the last digit is not doubled), subtract 9 from results "
+                  "above 9, and the total must end in 0")
+            return
+    print(f"✅ correct: your checksum agrees with luhn_valid on all {len(_LUHN_CASES)} numbers")
+
+
+def expected_blocks() -> list[list[int]]:
+    """The answer to exercise 2: ``_PACK_DOCUMENTS`` packed with EOS, cut into blocks."""
+    stream, _ = pack_documents([np.array(d, dtype=np.uint16) for d in _PACK_DOCUMENTS])
+    return to_blocks(stream, _PACK_BLOCK_SIZE).tolist()
+
+
+def check_packing(answer: list[list[int]] | None) -> None:
+    """Exercise 2 of ``02_data_preparation.ipynb``: pack three tiny documents into blocks of 5 by hand.
+
+    The documents are ``[11, 12, 13]``, ``[21, 22]`` and ``[31, 32, 33, 34]``; the answer is
+    the list of full blocks, as lists of ints, with the end-of-text id written as ``50256``.
+    """
+    if answer is None:
+        print("⏳ not done yet: write the blocks as a list of lists, then pass them to check_packing")
+        return
+    expected = expected_blocks()
+    try:
+        got = [[int(t) for t in block] for block in answer]
+    except (TypeError, ValueError):
+        print("❌ the answer should be a list of blocks, each a list of token ids, e.g. [[11, 12, 13, 50256, 21], ...]")
+        return
+    if got == expected:
+        left = sum(len(d) + 1 for d in _PACK_DOCUMENTS) % _PACK_BLOCK_SIZE
+        print(f"✅ correct: {len(expected)} full blocks, both running across a document boundary; the last {left} "
+              "tokens do not fill a block and are left out")
+    elif any(len(block) != _PACK_BLOCK_SIZE for block in got):
+        print(f"❌ every block holds exactly {_PACK_BLOCK_SIZE} tokens; a last, partial block is left out")
+    elif EOS_ID not in {t for block in got for t in block}:
+        print(f"❌ where does one document end? Put the end-of-text id {EOS_ID} after each document")
+    else:
+        print("❌ not quite. Hint: write the stream first (document, EOS, document, EOS, ...), "
+              f"then cut it every {_PACK_BLOCK_SIZE} tokens")
+
+
+# --- 03_finetuning_gpt2.ipynb --------------------------------------------------------------
+
+
+def check_tokens_per_step(answer) -> None:
+    """Tokens one optimizer step sees in ``gpu`` mode (one process)."""
+    from helpers.settings import make_settings
+
+    gpu = make_settings("gpu")
+    _check(
+        "tokens per optimizer step in gpu mode",
+        answer,
+        gpu.batch_size * gpu.block_size * gpu.grad_accum_steps,
+        "multiply the examples per micro-batch, the tokens per example and the micro-batches per step "
+        "(batch_size, block_size, grad_accum_steps).",
+        atol=0.5,
+    )
+
+
+# --- 04_evaluation.ipynb -------------------------------------------------------------------
+
+PPL_EXERCISE_NLL_SUM = 2_310.0  # nats, summed over the scored tokens
+PPL_EXERCISE_TOKENS = 840  # tokens scored
+WINDOW_EXERCISE = dict(num_tokens=1_000, context_len=128, stride=32)
+
+
+def check_perplexity_from_nll(answer) -> None:
+    """Perplexity of ``PPL_EXERCISE_TOKENS`` tokens whose NLL sums to ``PPL_EXERCISE_NLL_SUM`` nats."""
+    _check(
+        "perplexity from a summed NLL",
+        answer,
+        np.exp(PPL_EXERCISE_NLL_SUM / PPL_EXERCISE_TOKENS),
+        "divide the summed NLL by the number of scored tokens (the mean loss in nats), then take exp of it.",
+        atol=1e-3,
+    )
+
+
+def check_window_count(answer) -> None:
+    """Windows a sliding-window evaluation of ``WINDOW_EXERCISE`` needs (the last one ends at the text's end)."""
+    n, context, stride = (WINDOW_EXERCISE[key] for key in ("num_tokens", "context_len", "stride"))
+    # Windows start at 0, stride, 2·stride, ...; the first to reach the end starts at or after n - context.
+    _check(
+        "number of windows",
+        answer,
+        1 + int(np.ceil((n - context) / stride)),
+        "the windows start every `stride` tokens from 0, and the last one is the first whose start + context_len "
+        "reaches the end of the text; count the starts.",
+        atol=0.5,
     )
