@@ -4,6 +4,8 @@
 #   make lab      open JupyterLab on notebooks/
 #   make bench    every benchmark under bench/, one table of ratios
 #   make download pre-fetch GPT-2 (124M) into the local Hugging Face cache for an offline workshop
+#   make student  the workshop build: notebooks with the solutions stubbed out, in build/student/
+#   make map      merge the minutes `make course` measured into the notebooks, regenerate the README's course map
 
 PYTHON_BOOT ?= python3
 VENV        ?= .venv
@@ -12,7 +14,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0
 STAMP       := $(VENV)/.installed
 
-.PHONY: course test lab bench download setup clean
+.PHONY: course test lab bench download setup clean student map
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -39,6 +41,12 @@ bench: $(STAMP)
 
 download: $(STAMP)
 	$(PY) -c "from helpers.models import prefetch_gpt2; print(prefetch_gpt2())"
+
+student: $(STAMP)
+	$(PY) -m helpers.student
+
+map: $(STAMP)
+	$(PY) -m helpers.course --minutes --map
 
 clean:
 	rm -rf artifacts build

@@ -131,8 +131,55 @@ def write_course_map() -> Path:
     return readme
 
 
+def merge_measured_minutes(notebooks_dir: Path | None = None, executed_dir: Path | None = None) -> dict[str, dict[str, int]]:
+    """Write the minutes ``make course`` measured into each notebook's ``course.minutes`` metadata.
+
+    For every mode with an ``artifacts/executed/<mode>/timings.json``, a notebook whose executed
+    copy there ran without an error gets ``ceil(seconds / 60)`` minutes (at least 1) for that
+    mode; other modes and notebooks keep their numbers. A notebook file is rewritten only when a
+    number changed. Returns ``{notebook name: {mode: minutes}}`` of what was measured.
+    Used by ``make map`` before it regenerates the README's course map.
+    """
+    import math
+
+    import nbformat
+
+    from helpers.atomic import write_text_atomic
+    from helpers.settings import VALID_MODES
+
+    executed_dir = Path(executed_dir or get_settings().artifacts_dir / "executed")
+    measured: dict[str, dict[str, int]] = {}
+    for mode in VALID_MODES:
+        timings_file = executed_dir / mode / "timings.json"
+        if not timings_file.exists():
+            continue
+        try:
+            timings = json.loads(timings_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{timings_file} is not valid JSON ({error}); rerun `make course` in {mode} mode") from None
+        for name, seconds in timings.items():
+            executed = executed_dir / mode / name
+            if not executed.exists() or _failing_cell(nbformat.read(executed, as_version=4))[0] >= 0:
+                continue  # a failed run's time measures nothing
+            measured.setdefault(name, {})[mode] = max(1, math.ceil(float(seconds) / 60))
+    for path in notebook_paths(notebooks_dir):
+        if path.name not in measured:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        minutes = nb.metadata.setdefault("course", {}).setdefault("minutes", {})
+        if any(minutes.get(mode) != value for mode, value in measured[path.name].items()):
+            minutes.update(measured[path.name])
+            write_text_atomic(path, nbformat.writes(nb) + "\n")
+    return measured
+
+
 if __name__ == "__main__":
-    if "--map" in sys.argv[1:]:
+    arguments = sys.argv[1:]
+    if "--minutes" in arguments:
+        for name, minutes in sorted(merge_measured_minutes().items()):
+            print(f"measured minutes for {name}: {minutes}")
+    if "--map" in arguments:
         print(f"updated {write_course_map()}")
+    if "--minutes" in arguments or "--map" in arguments:
         sys.exit(0)
     sys.exit(run_course())

@@ -653,6 +653,14 @@ class PreparedData:
             raise KeyError(f"no split {split!r}; the splits are {', '.join(self.manifest['splits'])}")
         return np.load(self.paths[split], mmap_mode="r")
 
+    def documents(self, split: str) -> dict[str, np.ndarray]:
+        """Each document of a split as its own token array (without its end-of-text separator).
+
+        Introduced in ``06_iteration.ipynb``, which splits the held-back poems by document.
+        """
+        stream = self.tokens(split)
+        return {d["name"]: stream[d["start"] : d["start"] + d["tokens"]] for d in self.manifest["splits"][split]["documents"]}
+
     def dataset(self, split: str) -> BlockDataset:
         """The split as a :class:`BlockDataset` of ``block_size`` blocks."""
         return BlockDataset(self.tokens(split), self.manifest["block_size"])

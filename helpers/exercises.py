@@ -260,3 +260,18 @@ def check_window_count(answer) -> None:
         "reaches the end of the text; count the starts.",
         atol=0.5,
     )
+
+
+# --- 06_iteration.ipynb --------------------------------------------------------------------
+
+
+def check_relative_change(answer, candidate: float, current: float) -> None:
+    """The relative change of a metric from ``current`` to ``candidate`` (what the gate's checks compute)."""
+    _check(
+        "relative change of the held-out perplexity",
+        answer,
+        candidate / current - 1,
+        "divide the candidate's value by the current one and subtract 1 (positive means higher, i.e. worse "
+        "for a perplexity).",
+        atol=1e-9,
+    )
