@@ -163,14 +163,37 @@ def merge_measured_minutes(notebooks_dir: Path | None = None, executed_dir: Path
                 continue  # a failed run's time measures nothing
             measured.setdefault(name, {})[mode] = max(1, math.ceil(float(seconds) / 60))
     for path in notebook_paths(notebooks_dir):
-        if path.name not in measured:
-            continue
         nb = nbformat.read(path, as_version=4)
         minutes = nb.metadata.setdefault("course", {}).setdefault("minutes", {})
-        if any(minutes.get(mode) != value for mode, value in measured[path.name].items()):
-            minutes.update(measured[path.name])
-            write_text_atomic(path, nbformat.writes(nb) + "\n")
+        minutes.update(measured.get(path.name, {}))
+        title = nb.cells[0]
+        stated = with_estimated_time(title.source, minutes)
+        if stated != title.source or path.name in measured:
+            title.source = stated
+            new_text = nbformat.writes(nb) + "\n"
+            if new_text != path.read_text(encoding="utf-8"):
+                write_text_atomic(path, new_text)
     return measured
+
+
+def estimated_time_line(minutes: dict) -> str:
+    """The title cell's time line, from the ``course.minutes`` metadata (``make map`` keeps them equal)."""
+    from helpers.settings import VALID_MODES
+
+    return "**Estimated time**: " + " · ".join(f"{minutes.get(mode, '?')} min in `{mode}` mode" for mode in VALID_MODES)
+
+
+def with_estimated_time(title_source: str, minutes: dict) -> str:
+    """``title_source`` with its ``**Estimated time**`` line (from that marker to the line's end) restated."""
+    lines = title_source.split("\n")
+    for index, line in enumerate(lines):
+        if "**Estimated time**" in line:
+            prefix = line.split("**Estimated time**", 1)[0].rstrip()
+            lines[index] = estimated_time_line(minutes)
+            if prefix:
+                lines[index:index] = [prefix]
+            return "\n".join(lines)
+    return title_source
 
 
 if __name__ == "__main__":

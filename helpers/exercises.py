@@ -275,3 +275,19 @@ def check_relative_change(answer, candidate: float, current: float) -> None:
         "for a perplexity).",
         atol=1e-9,
     )
+
+
+# --- 05_deployment.ipynb -------------------------------------------------------------------
+
+LATENCY_EXERCISE_MS = (112.0, 98.0, 105.0, 131.0, 99.0, 240.0, 101.0, 97.0, 118.0, 104.0, 103.0, 350.0)
+
+
+def check_p95(answer) -> None:
+    """The 95th percentile (numpy's default linear interpolation) of ``LATENCY_EXERCISE_MS``."""
+    _check(
+        "p95 of the request times",
+        answer,
+        np.percentile(LATENCY_EXERCISE_MS, 95),
+        "sort the times; the p95 sits at position 0.95 x (n - 1); interpolate between the two neighbours.",
+        atol=1e-6,
+    )

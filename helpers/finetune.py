@@ -25,7 +25,7 @@ from helpers.settings import Settings, get_settings
 from helpers.training import TrainConfig, TrainResult, train
 
 FINETUNED_DIR = "models/finetuned"  # under artifacts/
-CHECKPOINT_DIR = "checkpoints/finetune"  # under artifacts/
+CHECKPOINT_DIR = "checkpoints/finetune-{mode}"  # under artifacts/; one per mode, so sizes never mix
 TRAINING_INFO = "training.json"
 
 
@@ -34,7 +34,8 @@ def finetuned_dir(settings: Settings | None = None) -> Path:
 
 
 def checkpoint_dir(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).artifacts_dir / CHECKPOINT_DIR
+    settings = settings or get_settings()
+    return settings.artifacts_dir / CHECKPOINT_DIR.format(mode=settings.mode)
 
 
 def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, base: str,

@@ -159,3 +159,112 @@ def live_history_plot(every: int = 10):
         plt.close(fig)
 
     return on_log
+
+
+# ---------------------------------------------------------------- 04: evaluation
+
+
+def plot_intervals(
+    intervals: Mapping[str, tuple[float, float, float]],
+    title: str,
+    ax: Axes | None = None,
+    xlabel: str = "perplexity",
+    reference: float | None = None,
+) -> Figure:
+    """One row per label: the point estimate with its interval as a horizontal error bar.
+
+    ``intervals`` maps a label to ``(point, low, high)`` (an ``Interval`` unpacks so).
+    ``reference`` draws a dashed vertical line, e.g. 0 for a difference: an interval that
+    crosses it does not show a change.
+
+    Introduced in ``04_evaluation.ipynb``.
+    """
+    fig, ax = _axes(ax, (6.0, 0.6 + 0.6 * len(intervals)))
+    labels = list(intervals)
+    for row, label in enumerate(labels):
+        point, low, high = intervals[label]
+        ax.errorbar(point, row, xerr=[[point - low], [high - point]], fmt="o", capsize=5, color=f"C{row}")
+        ax.annotate(f"{point:.2f} [{low:.2f}, {high:.2f}]", (point, row), xytext=(0, 8),
+                    textcoords="offset points", ha="center", fontsize=8)
+    if reference is not None:
+        ax.axvline(reference, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(-0.6, len(labels) - 0.2)
+    ax.margins(x=0.15)  # room for the labels above the points
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def plot_loss_by_position(mean_nll: Sequence[float], title: str, ax: Axes | None = None) -> Figure:
+    """Mean next-token loss against how many tokens of context the prediction had.
+
+    ``mean_nll[i]`` is the loss of the token at position ``i + 1`` of a window (``i + 1``
+    tokens of context). A thin line shows every position; the markers average positions in
+    doubling bins (1, 2-3, 4-7, ...), so the trend stands out from the noise. Introduced in
+    ``04_evaluation.ipynb``: the naive split scores a block's first tokens at the left end.
+    """
+    fig, ax = _axes(ax, (6.0, 3.5))
+    mean_nll = np.asarray(mean_nll, dtype=np.float64)
+    context = np.arange(1, len(mean_nll) + 1)
+    ax.plot(context, mean_nll, linewidth=0.8, alpha=0.4, label="each position")
+    edges = [2**k for k in range(int(np.log2(len(mean_nll))) + 1)] + [len(mean_nll) + 1]
+    bins = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    centres = [np.sqrt(lo * (hi - 1)) for lo, hi in bins]
+    ax.plot(centres, [mean_nll[lo - 1 : hi - 1].mean() for lo, hi in bins], "o-", linewidth=1.8,
+            label="mean over 1, 2-3, 4-7, ... tokens")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(edges[:-1], [str(edge) for edge in edges[:-1]])
+    ax.minorticks_off()
+    ax.set_xlabel("tokens of context (log scale)")
+    ax.set_ylabel("mean loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_perplexity_vs_stride(rows: Sequence[Mapping], title: str, ax: Axes | None = None) -> Figure:
+    """Perplexity per stride; each point labelled with the tokens computed per token scored.
+
+    ``rows`` hold ``stride``, ``perplexity`` and ``cost`` (forward-pass tokens per scored
+    token). Introduced in ``04_evaluation.ipynb``.
+    """
+    fig, ax = _axes(ax, (6.0, 3.5))
+    strides = [row["stride"] for row in rows]
+    ax.plot(strides, [row["perplexity"] for row in rows], "o-")
+    for row in rows:
+        ax.annotate(f"{row['cost']:.1f}× compute", (row["stride"], row["perplexity"]), xytext=(4, 6),
+                    textcoords="offset points", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(strides, [str(s) for s in strides])
+    ax.minorticks_off()
+    ax.margins(x=0.12, y=0.2)  # room for the labels
+    ax.set_xlabel("stride (tokens); stride = context is the naive split")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_decoding_summary(summary: Sequence[Mapping], title: str, ax: Axes | None = None) -> Figure:
+    """Distinct-1, distinct-2 and the 4-gram repetition rate per decoding strategy, as bars.
+
+    ``summary`` is :func:`helpers.evaluation.summarize_samples`' output. Introduced in
+    ``04_evaluation.ipynb``.
+    """
+    fig, ax = _axes(ax, (7.0, 0.9 + 0.45 * len(summary)))
+    names = [row["strategy"] for row in summary]
+    rows = np.arange(len(names))
+    figures = (("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("repetition_rate", "repetition (4-gram)"))
+    for i, (key, label) in enumerate(figures):
+        ax.barh(rows + (i - 1) * 0.27, [row[key] for row in summary], height=0.27, label=label)
+    ax.set_yticks(rows, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("share of n-grams")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars, never on them
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig

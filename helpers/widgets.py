@@ -59,3 +59,123 @@ def learning_rate_explorer(lr: float = 0.1, num_steps: int = 10, theta0: tuple[f
     lr_slider = ipywidgets.FloatSlider(value=lr, min=0.01, max=1.1, step=0.01, description="α", readout_format=".2f")
     steps_slider = ipywidgets.IntSlider(value=num_steps, min=1, max=40, description="steps")
     return ipywidgets.interactive(draw, lr=lr_slider, num_steps=steps_slider)
+
+
+# --- 04_evaluation.ipynb -------------------------------------------------------------------
+
+
+def decoding_kwargs(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dict:
+    """``model.generate`` keyword arguments for the playground's sliders.
+
+    ``temperature`` 0 means greedy decoding (top-k and top-p then do nothing); ``top_k`` 0
+    and ``top_p`` 1.0 switch those filters off, as in :data:`helpers.evaluation.DECODING_STRATEGIES`
+    (``top_k=0`` also switches off transformers' default top-k of 50).
+
+    Introduced in ``04_evaluation.ipynb``.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if top_k < 0 or int(top_k) != top_k:
+        raise ValueError(f"top_k must be a whole number, 0 to switch it off, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1.0 switches it off), got {top_p}")
+    if temperature == 0:
+        return dict(do_sample=False, num_beams=1)
+    return dict(do_sample=True, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+
+
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 40,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.9,
+    seed: int = 0,
+) -> str:
+    """The model's continuation of ``prompt`` (new text only) under the given decoding settings.
+
+    Runs :func:`helpers.evaluation.generate_samples` with one strategy, so the seed, the
+    exact ``max_new_tokens`` and the checks on the prompt's length are the same as in the
+    comparison table. Bad settings raise ``ValueError`` with the reason.
+
+    Introduced in ``04_evaluation.ipynb``.
+    """
+    from helpers.evaluation import generate_samples
+
+    strategy = {"playground": decoding_kwargs(temperature, top_k, top_p)}
+    rows = generate_samples(model, tokenizer, [prompt], strategy, max_new_tokens=max_new_tokens, seed=seed)
+    return rows[0]["text"]
+
+
+def generation_playground(
+    model,
+    tokenizer,
+    prompt: str = "KING.\nWhat news, my lord?",
+    max_new_tokens: int = 40,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 0.9,
+    seed: int = 0,
+):
+    """Prompt box, temperature / top-k / top-p / max-tokens sliders, a seed, a Generate button.
+
+    Returns an ``ipywidgets.VBox`` (display it as a cell's last value); each click writes the
+    prompt and its continuation into the box's output area, or the reason it could not
+    generate (a prompt too long for the model, say). Without ipywidgets it prints one
+    generation with the given settings and returns ``None``. Building it never needs a
+    frontend, so a headless run or GitHub shows the widget's text form instead of failing.
+
+    Introduced in ``04_evaluation.ipynb``.
+    """
+    from helpers.evaluation import max_context
+
+    try:
+        import ipywidgets
+    except ImportError:
+        print("ipywidgets is not installed (pip install ipywidgets); one generation with these settings instead:")
+        print(prompt + generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+        return None
+    limit = max_context(model) or 1024
+    wide = {"description_width": "initial"}
+    prompt_box = ipywidgets.Textarea(value=prompt, description="prompt", layout=ipywidgets.Layout(width="95%"))
+    temperature_slider = ipywidgets.FloatSlider(
+        value=temperature, min=0.0, max=2.0, step=0.05, description="temperature (0 = greedy)", style=wide
+    )
+    top_k_slider = ipywidgets.IntSlider(value=top_k, min=0, max=200, description="top-k (0 = off)", style=wide)
+    top_p_slider = ipywidgets.FloatSlider(
+        value=top_p, min=0.05, max=1.0, step=0.05, description="top-p (1 = off)", style=wide
+    )
+    tokens_slider = ipywidgets.IntSlider(
+        value=min(max_new_tokens, limit - 1), min=1, max=min(200, limit - 1), description="max tokens", style=wide
+    )
+    seed_box = ipywidgets.IntText(value=seed, description="seed", layout=ipywidgets.Layout(width="160px"))
+    button = ipywidgets.Button(description="Generate", button_style="primary")
+    output = ipywidgets.Output(layout=ipywidgets.Layout(border="1px solid #ccc", min_height="4em"))
+    output.append_stdout("Press Generate.\n")
+
+    def on_click(_=None) -> None:
+        output.outputs = ()
+        output.append_stdout("generating ...\n")
+        try:
+            text = generate_text(
+                model, tokenizer, prompt_box.value, tokens_slider.value, temperature_slider.value,
+                top_k_slider.value, top_p_slider.value, seed_box.value,
+            )
+            message = prompt_box.value + text
+        except ValueError as error:  # a prompt too long or empty: say so in the output, never raise
+            message = f"could not generate: {error}"
+        output.outputs = ()
+        output.append_stdout(message + "\n")
+
+    button.on_click(on_click)
+    return ipywidgets.VBox(
+        [
+            prompt_box,
+            ipywidgets.HBox([temperature_slider, top_k_slider]),
+            ipywidgets.HBox([top_p_slider, tokens_slider]),
+            ipywidgets.HBox([seed_box, button]),
+            output,
+        ]
+    )
