@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from helpers.settings import Settings, get_settings
+from helpers.settings import Settings, display_path, get_settings
 
 FORMAT_VERSION = 1  # bump when the files or the manifest change shape
 EOS_ID = 50256  # GPT-2's <|endoftext|>, written between documents
@@ -775,7 +775,7 @@ def prepare(
     if cached is not None:
         seconds = time.perf_counter() - started
         if verbose:
-            print(f"reusing the cached data in {_display_path(target, settings)} "
+            print(f"reusing the cached data in {display_path(target, settings)} "
                   f"(same inputs, key {key[:12]}; checked in {seconds:.2f} s)")
         return PreparedData(target, cached.manifest, reused=True, seconds=seconds)
     reason = _what_changed(target, inputs)
@@ -807,7 +807,7 @@ def prepare(
             "format_version": FORMAT_VERSION,
             "cache_key": key,
             "made_by": "helpers.data.prepare (02_data_preparation.ipynb)",
-            "source": {"folder": _display_path(source_dir, settings), "files": inputs["files"]},
+            "source": {"folder": display_path(source_dir, settings), "files": inputs["files"]},
             "tokenizer": inputs["tokenizer"],
             "dtype": "uint16",
             "eos_id": EOS_ID,
@@ -838,16 +838,8 @@ def prepare(
     seconds = time.perf_counter() - started
     if verbose:
         total = sum(s["tokens"] for s in split_stats.values())
-        print(f"prepared {total:,} tokens into {_display_path(target, settings)} in {seconds:.1f} s ({reason})")
+        print(f"prepared {total:,} tokens into {display_path(target, settings)} in {seconds:.1f} s ({reason})")
     return PreparedData(target, manifest, reused=False, seconds=seconds)
-
-
-def _display_path(path: Path, settings: Settings) -> str:
-    path = path.resolve()
-    try:
-        return str(path.relative_to(settings.repo_root))
-    except ValueError:
-        return str(path)
 
 
 def data_card(

@@ -119,7 +119,9 @@ def describe_model_source(settings: Settings | None = None) -> str:
         source = resolve_model_source(settings)
     except FileNotFoundError as error:
         return f"ERROR: {error}"
-    text = f"{source.location} ({source.kind}: {source.reason})"
+    from helpers.settings import display_path
+
+    text = f"{display_path(source.location) if source.is_local else source.location} ({source.kind}: {source.reason})"
     if source.fallback_from:
         text += f" -- FALLBACK from {source.fallback_from}"
     return text

@@ -127,7 +127,7 @@ def environment_report() -> dict[str, str]:
     import transformers
 
     from helpers.models import describe_model_source
-    from helpers.settings import get_settings
+    from helpers.settings import display_path, get_settings
 
     settings = get_settings()
     device = pick_device()
@@ -145,6 +145,6 @@ def environment_report() -> dict[str, str]:
         "memory": f"{memory:.1f} GiB" if memory else "unknown",
         "colab": "yes" if in_colab() else "no",
         "model source": describe_model_source(settings),
-        "artifacts": str(settings.artifacts_dir),
+        "artifacts": display_path(settings.artifacts_dir),
     }
     return report

@@ -109,3 +109,17 @@ def get_settings() -> Settings:
         resolve_mode(os.environ.get("COURSE_MODE")),
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else None,
     )
+
+
+def display_path(path: Path | str, settings: Settings | None = None) -> str:
+    """``path`` relative to the repository when it is inside it (what notebooks print), else as given.
+
+    Keeps machine-specific folders out of committed notebook outputs.
+    """
+    path = Path(path).resolve()
+    root = (settings or get_settings()).repo_root
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+

@@ -1,0 +1,61 @@
+"""serving, for real: ``python -m helpers.serving`` under uvicorn, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from helpers.models import tokenizer_dir
+from helpers.serving import start_background
+
+openai = pytest.importorskip("openai")
+
+KEY = "live-test-key"
+
+
+def test_official_openai_client_against_the_real_server(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-live"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
+    server = start_background(folder, api_key=KEY, extra_args=["--device", "cpu"])  # key via COURSE_API_KEY
+    url = server.url
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+        assert [m.id for m in client.models.list().data] == ["tiny-live"]
+
+        prompt = "To be, or not to be"
+        completion = client.completions.create(model="tiny-live", prompt=prompt, max_tokens=10, temperature=0)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+        expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert completion.choices[0].text == expected
+        assert completion.usage.prompt_tokens == ids.shape[1]
+
+        chunks = list(client.completions.create(model="tiny-live", prompt=prompt, max_tokens=10, temperature=0,
+                                                stream=True))
+        assert len(chunks) > 2
+        assert "".join(c.choices[0].text for c in chunks) == expected
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.completions.create(model="tiny-live", prompt=prompt, max_tokens=0)
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="gpt-4", prompt=prompt, max_tokens=2)
+        assert client.completions.create(model="tiny-live", prompt="Hi", max_tokens=2).choices[0].text
+    finally:
+        returncode = server.stop()  # SIGTERM, what a process manager sends: uvicorn shuts down gracefully
+    output = server.log()
+    assert returncode == 0, output
+    assert "Application shutdown complete" in output  # the lifespan's clean-up ran
+    with pytest.raises(httpx.TransportError):  # nothing listens any more: no server left behind
+        httpx.get(f"{url}/health", timeout=1)
