@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m helpers.course
+	$(PY) -m helpers.course $(if $(FROM),--from $(FROM))
 
 test: $(STAMP)
-	COURSE_MODE=smoke HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest
+	COURSE_MODE=smoke HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -34,7 +34,9 @@ def temporary_folder_beside(target: Path | str) -> Path:
     """A fresh hidden folder next to ``target`` (same file system, so the final rename is atomic)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    folder.chmod(0o755)  # mkdtemp makes it private; the finished folder should read like any other
+    return folder
 
 
 def replace_folder(new: Path | str, target: Path | str) -> Path:

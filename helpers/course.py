@@ -80,8 +80,8 @@ def _format_figures(figures: dict) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in figures.items())
 
 
-def run_course(timeout_per_cell: int = 1800) -> int:
-    """Execute all notebooks; return 0 when every one ran, 1 after the first failure."""
+def run_course(timeout_per_cell: int = 1800, start_at: str = "00") -> int:
+    """Execute the notebooks from ``start_at`` (a number such as ``"04"``) on; 0 when every one ran, 1 after a failure."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -91,7 +91,7 @@ def run_course(timeout_per_cell: int = 1800) -> int:
     out_dir = settings.artifacts_dir / "executed" / settings.mode
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, status = [], 0
-    for path in notebook_paths():
+    for path in [p for p in notebook_paths() if p.name[:2] >= start_at]:
         print(f"running {path.name} in {settings.mode} mode ...", flush=True)
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=timeout_per_cell, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
@@ -115,7 +115,10 @@ def run_course(timeout_per_cell: int = 1800) -> int:
             print(f"the executed copy with the traceback is {out_dir / path.name}", file=sys.stderr)
             status = 1
             break
-    (out_dir / "timings.json").write_text(json.dumps({name: round(sec, 1) for name, _, sec, _ in rows}, indent=1) + "\n")
+    timings_file = out_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    timings.update({name: round(sec, 1) for name, _, sec, _ in rows})  # a partial run keeps the others' times
+    timings_file.write_text(json.dumps(dict(sorted(timings.items())), indent=1) + "\n")
     width = max(len(r[0]) for r in rows)
     print(f"\n{'notebook':<{width}}  status  seconds  key figures")
     for name, state, seconds, figures in rows:
@@ -166,10 +169,9 @@ def merge_measured_minutes(notebooks_dir: Path | None = None, executed_dir: Path
         nb = nbformat.read(path, as_version=4)
         minutes = nb.metadata.setdefault("course", {}).setdefault("minutes", {})
         minutes.update(measured.get(path.name, {}))
-        title = nb.cells[0]
-        stated = with_estimated_time(title.source, minutes)
-        if stated != title.source or path.name in measured:
-            title.source = stated
+        if nb.cells:
+            nb.cells[0].source = with_estimated_time(nb.cells[0].source, minutes)
+        if nb.cells or path.name in measured:
             new_text = nbformat.writes(nb) + "\n"
             if new_text != path.read_text(encoding="utf-8"):
                 write_text_atomic(path, new_text)
@@ -205,4 +207,5 @@ if __name__ == "__main__":
         print(f"updated {write_course_map()}")
     if "--minutes" in arguments or "--map" in arguments:
         sys.exit(0)
-    sys.exit(run_course())
+    start_at = arguments[arguments.index("--from") + 1] if "--from" in arguments else "00"
+    sys.exit(run_course(start_at=start_at))

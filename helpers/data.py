@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from helpers.runtime import progress_bar
 from helpers.settings import Settings, display_path, get_settings
 
 FORMAT_VERSION = 1  # bump when the files or the manifest change shape
@@ -477,10 +476,8 @@ def tokenize_texts(texts: Sequence[str], tokenizer, batch_size: int = 16, progre
     """
     backend = _backend(tokenizer)
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast skips character offsets
-    # tqdm's notebook bar ignores TQDM_DISABLE, so read it here (CI and committed notebooks set it).
-    disable = not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
     arrays: list[np.ndarray] = []
-    with _special_tokens_as_text(backend), tqdm(total=len(texts), desc="tokenizing", unit="doc", disable=disable) as bar:
+    with _special_tokens_as_text(backend), progress_bar(total=len(texts), desc="tokenizing", unit="doc", progress=progress) as bar:
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             arrays += [np.array(encoding.ids, dtype=np.uint16) for encoding in encode(batch, add_special_tokens=False)]

@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from helpers.runtime import progress_bar
 
 TokenIds = torch.Tensor | Sequence[int]
 
@@ -138,7 +139,7 @@ def sliding_window_nll(
         else:
             groups.append([span])
     with _eval_mode(model):
-        for group in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
+        for group in progress_bar(groups, progress, desc="perplexity", leave=False):
             inputs = torch.stack([input_ids[b:e] for b, e, _ in group]).to(device)
             labels = inputs.clone()
             for row, (b, e, n) in enumerate(group):
@@ -193,7 +194,7 @@ def document_nlls(
         raise ValueError("documents is empty; pass {name: token ids} with at least one document")
     stride = stride or max(1, context_len // 2)
     results = {}
-    for name, ids in tqdm(documents.items(), desc="documents", disable=not progress, leave=False):
+    for name, ids in progress_bar(documents.items(), progress, desc="documents", leave=False):
         if len(ids) < 2:
             raise ValueError(f"document {name!r} has {len(ids)} token(s); each needs at least 2 to score one")
         results[name] = sliding_window_nll(model, ids, context_len, stride, batch_size)

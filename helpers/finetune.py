@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from helpers.atomic import replace_folder, temporary_folder_beside
-from helpers.settings import Settings, get_settings
+from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, train
 
 FINETUNED_DIR = "models/finetuned"  # under artifacts/
@@ -46,7 +46,7 @@ def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, b
     building = temporary_folder_beside(target)
     model.save_pretrained(building)
     tokenizer.save_pretrained(building)
-    info = {"base_model": base, "mode": settings.mode, "config": asdict(config),
+    info = {"base_model": display_path(base, settings) if Path(base).exists() else base, "mode": settings.mode, "config": asdict(config),
             "seconds": result.seconds, "history": result.history}
     (building / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return replace_folder(building, target)
@@ -81,7 +81,7 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
     info = json.loads(info_file.read_text()) if info_file.is_file() else None
     if info is None or info.get("mode") != settings.mode:
         why = "it does not exist yet" if info is None else f"it was made in {info.get('mode')} mode"
-        print(f"fine-tuning first, because {folder} is needed and {why} (the same call as notebook 03)")
+        print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 03)")
         finetune(settings, progress=progress)
         info = json.loads(info_file.read_text())
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -20,11 +20,6 @@ from pathlib import Path
 
 from helpers.settings import Settings, get_settings
 
-if os.environ.get("TQDM_DISABLE", "0") not in ("", "0"):
-    from transformers.utils import logging as _transformers_logging
-
-    _transformers_logging.disable_progress_bar()  # committed notebook outputs stay free of progress widgets
-
 TINY_BASE_DIR = "models/tiny-gpt2-base"  # under data/
 TOKENIZER_DIR = "tokenizer/gpt2"  # under data/
 HUB_GPT2 = "gpt2"

@@ -112,6 +112,18 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def progress_bar(iterable=None, progress: bool = True, **kwargs):
+    """A tqdm progress bar (notebook widget or text), hidden when ``progress`` is False or ``TQDM_DISABLE`` is set.
+
+    Used by every long loop (02 tokenizing, 03 training, 04 scoring). tqdm's notebook bar
+    ignores ``TQDM_DISABLE``, so it is read here (CI and committed notebooks set it).
+    """
+    from tqdm.auto import tqdm
+
+    disabled = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    return tqdm(iterable, disable=not progress or disabled, **kwargs)
+
+
 def _memory_gib() -> float | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -57,7 +57,10 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=eps)
+    try:  # the fused kernel updates all parameters in one pass (CPU and CUDA, torch >= 2.4)
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=eps)
 
 
 def make_scheduler(
@@ -249,9 +252,8 @@ def train(
     (03 passes a live plot). Introduced in ``03_finetuning_gpt2.ipynb``.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
-    from helpers.runtime import pick_device, precision_policy, set_seed
+    from helpers.runtime import pick_device, precision_policy, progress_bar, set_seed
 
     if len(train_blocks) == 0:
         raise ValueError("train_blocks is empty: prepare the data first (helpers.data.prepare)")
@@ -279,8 +281,8 @@ def train(
     block_size = len(train_blocks[0])
     tokens_per_step = config.batch_size * block_size * config.grad_accum_steps * world
     last_step = config.num_steps if stop_after is None else min(config.num_steps, start_step + stop_after)
-    bar = tqdm(range(start_step, last_step), initial=start_step, total=config.num_steps, desc="training",
-               disable=not (progress and accelerator.is_main_process))
+    bar = progress_bar(range(start_step, last_step), progress and accelerator.is_main_process, initial=start_step,
+                       total=config.num_steps, desc="training")
     model.train()
     started = time.perf_counter()
     for step in bar:

@@ -10,6 +10,7 @@ import os
 os.environ["COURSE_MODE"] = "smoke"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' own bars (loading weights) ignore TQDM_DISABLE
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
