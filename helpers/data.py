@@ -23,16 +23,16 @@ import shutil
 import tempfile
 import time
 import unicodedata
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from helpers.atomic import replace_folder
 from helpers.runtime import progress_bar
 from helpers.settings import Settings, display_path, get_settings
 
@@ -700,18 +700,6 @@ def _what_changed(folder: Path, inputs: dict) -> str:
     return "changed: " + ", ".join(changed) if changed else "forced"
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move the finished ``new`` folder to ``target``; an older ``target`` is deleted only afterwards."""
-    old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:8]}")
-    with suppress(FileNotFoundError):  # no cache yet
-        target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:  # a prepare running at the same time (another rank) put its complete folder there first
-        shutil.rmtree(new, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _split_stats(documents: list[Document], stream: np.ndarray, block_size: int) -> dict:
     return {
         "documents": len(documents),
@@ -828,7 +816,7 @@ def prepare(
             "inputs": inputs,
         }
         (building / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        _replace_folder(building, target)
+        replace_folder(building, target)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise

@@ -31,7 +31,6 @@ size is printed by ``bench/bench_quantization.py``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import math
@@ -39,7 +38,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -47,6 +45,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from helpers.atomic import replace_folder, sha256_file
 
 DEFAULT_PROMPTS = (
     "To be, or not to be,",
@@ -97,7 +97,7 @@ def export_release(
             model_card(model, eval_report, training_info, name=out_dir.name), encoding="utf-8"
         )
         _write_manifest(staging, out_dir.name, eval_report, training_info)
-        _swap_into_place(staging, out_dir)
+        replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -134,17 +134,9 @@ def _release_generation_config(model: nn.Module, tokenizer, generation: Mapping 
     return config
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path, name: str, eval_report: Mapping | None, training_info: Mapping | None) -> None:
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file()
     }
     manifest = {
         "name": name,
@@ -154,25 +146,6 @@ def _write_manifest(folder: Path, name: str, eval_report: Mapping | None, traini
         "training_info": training_info,
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``; an existing release is moved aside first and restored on failure.
-
-    Two renames on one filesystem: readers see the old release or the new one, never a
-    half-written folder (only for an instant, no folder at all).
-    """
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def verify_release(

@@ -16,9 +16,7 @@ import contextlib
 import html
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers.atomic import write_text_atomic
 from helpers.runtime import progress_bar
 
 TokenIds = torch.Tensor | Sequence[int]
@@ -755,12 +754,7 @@ def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> P
         raise ValueError(
             f"the report cannot be written as JSON ({error}); use plain numbers, strings, lists and dicts"
         ) from error
-    path = Path(path) if path is not None else default_report_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text + "\n")
-    os.replace(tmp.name, path)
-    return path
+    return write_text_atomic(Path(path) if path is not None else default_report_path(), text + "\n")
 
 
 def load_report(path: str | Path | None = None) -> dict[str, Any]:

@@ -23,7 +23,6 @@ longer matches) is reported by :func:`list_versions` with the reason and refused
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import math
@@ -37,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from helpers.atomic import fsync_dir, sha256_file, write_text_atomic
 from helpers.settings import get_settings
 
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is hashed
@@ -128,42 +128,9 @@ def _versions_dir(root: Path | str | None) -> Path:
     return registry_root(root) / "versions"
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Write ``data`` as JSON beside ``path``, fsync it, then rename it over ``path``."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def _natural_key(name: str) -> list:
@@ -226,7 +193,7 @@ def _read_entry(folder: Path) -> Entry:
     weights = entry.model_dir / entry.weights_file
     if not weights.is_file():
         raise DamagedVersionError(f"version {version}: weights file {MODEL_DIR}/{entry.weights_file} is missing")
-    actual = _sha256(weights)
+    actual = sha256_file(weights)
     if actual != entry.weights_sha256:
         raise DamagedVersionError(
             f"version {version}: checksum mismatch for {MODEL_DIR}/{entry.weights_file} "
@@ -371,7 +338,7 @@ def register(
             "training_config": config,
             "metrics": scores,
             "weights_file": weights_file,
-            "weights_sha256": _sha256(tmp / MODEL_DIR / weights_file),
+            "weights_sha256": sha256_file(tmp / MODEL_DIR / weights_file),
         }
         _write_json_atomic(tmp / ENTRY_FILE, record)
         if (versions / version).exists():  # appeared while we copied
@@ -380,7 +347,7 @@ def register(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(versions)
+    fsync_dir(versions)
     return _read_entry(versions / version)
 
 

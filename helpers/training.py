@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import os
 import random
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from helpers.atomic import replace_folder, temporary_folder_beside
+from helpers.atomic import replace_folder, sha256_file, temporary_folder_beside
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "state.pt"
@@ -153,14 +152,6 @@ def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: 
 # ---------------------------------------------------------------- checkpoints
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``step-XXXXXX/`` atomically: into a temporary folder, then one rename.
 
@@ -170,7 +161,7 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
     final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
     building = temporary_folder_beside(final)
     torch.save(state, building / STATE_FILE)
-    meta = {"step": step, "sha256": _sha256(building / STATE_FILE), "saved_at": time.time()}
+    meta = {"step": step, "sha256": sha256_file(building / STATE_FILE), "saved_at": time.time()}
     (building / META_FILE).write_text(json.dumps(meta))
     replace_folder(building, final)
     for old in list_checkpoints(folder)[:-keep]:
@@ -194,7 +185,7 @@ def load_latest_checkpoint(folder: Path) -> tuple[dict, Path] | None:
     for candidate in reversed(list_checkpoints(folder)):
         try:
             meta = json.loads((candidate / META_FILE).read_text())
-            if _sha256(candidate / STATE_FILE) != meta["sha256"]:
+            if sha256_file(candidate / STATE_FILE) != meta["sha256"]:
                 raise ValueError("checksum mismatch")
             state = torch.load(candidate / STATE_FILE, weights_only=False)
         except (OSError, ValueError, KeyError, RuntimeError, EOFError) as error:
