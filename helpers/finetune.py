@@ -143,12 +143,13 @@ def trainer_arguments(config: TrainConfig, output_dir: Path, num_steps: int | No
 def run_trainer(model, train_blocks, valid_blocks, config: TrainConfig, output_dir: Path,
                 num_steps: int | None = None) -> dict:
     """Fine-tune with ``transformers.Trainer``; return its history, seconds and tokens/s."""
-    from transformers import Trainer
+    from transformers import PrinterCallback, Trainer
 
     args = trainer_arguments(config, output_dir, num_steps)
     eval_rows = min(len(valid_blocks), config.batch_size * config.eval_batches)
     trainer = Trainer(model=model, args=args, train_dataset=_BlocksAsExamples(train_blocks),
                       eval_dataset=_BlocksAsExamples(valid_blocks[:eval_rows]))
+    trainer.remove_callback(PrinterCallback)  # it prints every log line; the history below keeps them
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
