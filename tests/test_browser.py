@@ -132,6 +132,16 @@ def _stop_lab(server: subprocess.Popen, port: int, token: str) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+def _accept_dialogs(page) -> None:
+    """Accept any modal JupyterLab dialog (e.g. "Select Kernel" on a slow start), which would block the menus."""
+    for _ in range(3):
+        accept = page.locator(".jp-Dialog .jp-mod-accept")
+        if not accept.count():
+            return
+        accept.first.click()
+        page.wait_for_timeout(500)
+
+
 def _run_all_and_move_alpha(page, url: str) -> dict:
     """Open the notebook, run every cell, change α; return what was seen before and after."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -141,6 +151,7 @@ def _run_all_and_move_alpha(page, url: str) -> dict:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=SERVER_START_S * 1000)
     started = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
     for _ in range(RUN_ALL_TRIES):  # on a loaded machine the kernel can report idle before it takes requests
+        _accept_dialogs(page)
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:
