@@ -54,6 +54,20 @@ def test_written_out_loss_equals_the_models_own(blocks):
     assert torch.allclose(causal_lm_loss(out.logits, batch), out.loss, atol=1e-6)
 
 
+def test_written_out_loss_has_the_models_gradient(blocks):
+    """The helper shifts the labels instead of slicing the logits: same gradient as transformers' loss."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    batch = torch.from_numpy(blocks[0][:3].astype(np.int64))
+    logits = tiny_model()(batch).logits.detach()
+    ours = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    causal_lm_loss(ours, batch).backward()
+    ForCausalLMLoss(theirs, batch, vocab_size=logits.size(-1)).backward()
+    assert theirs.grad[:, -1].abs().sum() == 0  # the last position predicts nothing
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-9)
+
+
 def test_optimizer_skips_decay_on_biases_and_norms():
     model = tiny_model()
     decay, no_decay = make_optimizer(model, lr=1e-3).param_groups
