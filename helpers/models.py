@@ -23,6 +23,10 @@ from helpers.settings import Settings, get_settings
 TINY_BASE_DIR = "models/tiny-gpt2-base"  # under data/
 TOKENIZER_DIR = "tokenizer/gpt2"  # under data/
 HUB_GPT2 = "gpt2"
+# GPT-2's activation is the tanh approximation of GELU. transformers' "gelu_new" computes it
+# with five elementwise operations (and saves their intermediates for backward); PyTorch's
+# ``gelu(approximate="tanh")`` is the same formula in one fused kernel.
+GPT2_GELU, FUSED_GELU = "gelu_new", "gelu_pytorch_tanh"
 
 
 @dataclass(frozen=True)
@@ -157,12 +161,24 @@ def load_model(source: ModelSource | None = None, dtype=None):
     Introduced in ``00_setup.ipynb``; 03 fine-tunes what it returns.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     source = source or resolve_model_source()
     _warn_fallback(source)
-    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype or torch.float32)
+    config = with_fused_gelu(AutoConfig.from_pretrained(source.location))
+    model = AutoModelForCausalLM.from_pretrained(source.location, config=config, dtype=dtype or torch.float32)
     return model, source
+
+
+def with_fused_gelu(config):
+    """``config`` with GPT-2's GELU computed by PyTorch's fused kernel (same function, faster).
+
+    Used by :func:`load_model` and the training benchmark; a test checks the two give the
+    same logits. Other activations are left alone.
+    """
+    if getattr(config, "activation_function", None) == GPT2_GELU:
+        config.activation_function = FUSED_GELU
+    return config
 
 
 def prefetch_gpt2(model_id: str = HUB_GPT2) -> Path:

@@ -123,3 +123,23 @@ def test_tiny_base_learned_english(tiny_base, tokenizer):
     shuffled = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))]
     context = tiny_base.config.n_positions
     assert perplexity(tiny_base, ids, context) * 3 < perplexity(tiny_base, shuffled, context)
+
+
+def test_fused_gelu_computes_gpt2s_function(tiny_base, tokenizer):
+    """load_model swaps gelu_new for PyTorch's fused tanh GELU; the logits must not change."""
+    from transformers import GPT2LMHeadModel
+
+    assert tiny_base.config.activation_function == models.FUSED_GELU
+    original = GPT2LMHeadModel(tiny_base.config.__class__(**{**tiny_base.config.to_dict(),
+                                                             "activation_function": models.GPT2_GELU})).eval()
+    original.load_state_dict(tiny_base.state_dict())
+    ids = tokenizer("To be, or not to be, that is the question", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(original(ids).logits, tiny_base(ids).logits, atol=1e-4, rtol=1e-5)
+
+
+def test_fused_gelu_leaves_other_activations_alone():
+    from transformers import GPT2Config
+
+    assert models.with_fused_gelu(GPT2Config(activation_function="relu")).activation_function == "relu"
+    assert models.with_fused_gelu(GPT2Config()).activation_function == models.FUSED_GELU
