@@ -8,6 +8,7 @@ summary table: notebook, status, seconds, and the key figures each notebook reco
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,9 @@ from pathlib import Path
 from helpers.settings import get_settings
 
 FIGURES_DIR = "figures"  # under artifacts/
+# The kernels make course starts draw figures into the notebook, as Jupyter does, even when
+# the caller set MPLBACKEND=Agg for scripts (CI does): executed copies are what readers see.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 def record_figures(notebook: str, **figures: float | int | str) -> dict:
@@ -22,6 +26,7 @@ def record_figures(notebook: str, **figures: float | int | str) -> dict:
 
     Every notebook ends by calling this, e.g. ``record_figures("01", mse=1.2)``.
     """
+    figures = {name: value.item() if hasattr(value, "item") else value for name, value in figures.items()}  # NumPy scalars
     folder = get_settings().artifacts_dir / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{notebook}.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
@@ -97,7 +102,7 @@ def run_course(timeout_per_cell: int = 1800, start_at: str = "00") -> int:
         client = NotebookClient(nb, timeout=timeout_per_cell, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         try:
-            client.execute()
+            client.execute(env={**os.environ, "MPLBACKEND": INLINE_BACKEND})
             ok = True
         except CellExecutionError:
             ok = False

@@ -170,6 +170,18 @@ def test_ends_with_summary_exercises_and_record_figures(path):
     )
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_figures_are_drawn(path):
+    """A figure committed as only its text ("<Figure size ...>") shows nothing on GitHub: outputs
+    must come from a kernel with the inline backend (make course sees to it)."""
+    blank = [
+        index for index, cell in enumerate(_read(path).cells) if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if "<Figure size" in str(output.get("data", {}).get("text/plain", "")) and "image/png" not in output.get("data", {})
+    ]
+    assert not blank, f"{path.name}: cells {blank} hold figures without their image; re-run with `make course` (cpu mode)"
+
+
 # --- the glossary ---------------------------------------------------------------------------
 
 
@@ -220,3 +232,20 @@ def test_notebook_links_into_the_glossary_resolve(path):
         file, _, anchor = link.partition("#")
         assert (path.parent / file).resolve() == GLOSSARY, f"{path.name}: {link} should point at ../GLOSSARY.md"
         assert not anchor or anchor in anchors, f"{path.name}: {link} names no heading of GLOSSARY.md"
+
+
+def test_record_figures_stores_plain_numbers(tmp_path, monkeypatch):
+    """NumPy scalars (a percentile, a mean) are recorded and shown as plain Python numbers."""
+    import numpy as np
+
+    from helpers.course import record_figures
+
+    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        figures = record_figures("99", p50_ms=np.percentile([1.0, 2.0, 3.0], 50), steps=np.int64(3), model="tiny")
+    finally:
+        get_settings.cache_clear()
+    assert figures == {"p50_ms": 2.0, "steps": 3, "model": "tiny"}
+    assert type(figures["p50_ms"]) is float and type(figures["steps"]) is int
+    assert json.loads((tmp_path / "figures" / "99.json").read_text()) == figures
