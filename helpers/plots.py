@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
 
 from helpers import by_hand
 
@@ -126,6 +127,8 @@ def plot_history(history: list[dict], title: str = "Training", ax_row=None) -> F
     if valid:
         axes[0].plot(*zip(*valid), "o-", label="validation")
     axes[0].set(xlabel="optimizer step", ylabel="loss (nats/token)", yscale="log", title=title)
+    axes[0].yaxis.set_major_formatter(FormatStrFormatter("%g"))  # "5", not "5 x 10^0"
+    axes[0].yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     axes[0].legend()
     axes[1].plot(steps, [h["lr"] for h in history])
     axes[1].set(xlabel="optimizer step", ylabel="learning rate", title="Warmup, then cosine")
