@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -130,8 +131,9 @@ def test_fused_gelu_computes_gpt2s_function(tiny_base, tokenizer):
     from transformers import GPT2LMHeadModel
 
     assert tiny_base.config.activation_function == models.FUSED_GELU
-    original = GPT2LMHeadModel(tiny_base.config.__class__(**{**tiny_base.config.to_dict(),
-                                                             "activation_function": models.GPT2_GELU})).eval()
+    config = copy.deepcopy(tiny_base.config)
+    config.activation_function = models.GPT2_GELU
+    original = GPT2LMHeadModel(config).eval()
     original.load_state_dict(tiny_base.state_dict())
     ids = tokenizer("To be, or not to be, that is the question", return_tensors="pt").input_ids
     with torch.no_grad():
