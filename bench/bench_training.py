@@ -1,4 +1,4 @@
-"""Training speed, side by side in one run (issue: notebook 03).
+"""Training speed, side by side in one run (issue: notebook 04).
 
 1. The helper's loop against ``transformers.Trainer``: same model, same token blocks, same
    settings (batch 8 x 128, AdamW, warmup + cosine, clipping, one evaluation at the end, the

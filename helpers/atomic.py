@@ -1,7 +1,7 @@
 """Writes that never leave half a file or half a folder behind, and file checksums.
 
-Used by every notebook that saves something (02 data, 03 checkpoints and models, 04 the
-evaluation report, 05 releases, 06 the registry): write into a temporary name in the same
+Used by every notebook that saves something (02 data, 04 checkpoints and models, 06 the
+evaluation report, 07 releases, 08 the registry): write into a temporary name in the same
 folder, then one ``os.replace`` / rename, which the operating system performs atomically.
 """
 

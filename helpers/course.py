@@ -34,7 +34,7 @@ def record_figures(notebook: str, **figures: float | int | str) -> dict:
 
 
 def notebook_paths(notebooks_dir: Path | None = None) -> list[Path]:
-    """The course notebooks in order (``00_…`` to ``06_…``)."""
+    """The course notebooks in order (``00_…`` to ``08_…``)."""
     folder = notebooks_dir or get_settings().repo_root / "notebooks"
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
@@ -86,7 +86,7 @@ def _format_figures(figures: dict) -> str:
 
 
 def run_course(timeout_per_cell: int = 1800, start_at: str = "00") -> int:
-    """Execute the notebooks from ``start_at`` (a number such as ``"04"``) on; 0 when every one ran, 1 after a failure."""
+    """Execute the notebooks from ``start_at`` (a number such as ``"06"``) on; 0 when every one ran, 1 after a failure."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError

@@ -1,13 +1,13 @@
 """Evaluation that tells the truth: perplexity done right, with intervals, samples and probes.
 
-Introduced in ``04_evaluation.ipynb``; the tiny base's model card (``scripts/pretrain_tiny_base.py``)
-and 03's before/after numbers use the same perplexity functions. Read top to bottom:
+Introduced in ``06_evaluation.ipynb``; the tiny base's model card (``scripts/pretrain_tiny_base.py``)
+and 04's before/after numbers use the same perplexity functions. Read top to bottom:
 
 1. perplexity: sliding windows, the naive split, one score per document;
 2. intervals: a bootstrap over documents, for one model and for the difference of two;
 3. generation: decoding strategies side by side, with distinct-n and repetition figures;
 4. probes: robustness to perturbed input, and a template bias probe (with its caveats);
-5. the report that ``05_deployment.ipynb`` puts on the model card.
+5. the report that ``07_deployment.ipynb`` puts on the model card.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class NLLResult:
 def window_spans(num_tokens: int, context_len: int, stride: int) -> list[tuple[int, int, int]]:
     """The ``(begin, end, num_scored)`` windows of a sliding-window evaluation.
 
-    Introduced in ``04_evaluation.ipynb``. Each window sees up to ``context_len`` tokens;
+    Introduced in ``06_evaluation.ipynb``. Each window sees up to ``context_len`` tokens;
     only its last ``num_scored`` tokens (those not covered by an earlier window) count, the
     rest are context. The ``num_scored`` add up to ``num_tokens``: every token is covered
     exactly once. With ``stride == context_len`` this is the naive split into
@@ -81,7 +81,7 @@ def window_spans(num_tokens: int, context_len: int, stride: int) -> list[tuple[i
 def max_context(model: torch.nn.Module) -> int | None:
     """The most positions ``model`` can attend to (``n_positions`` for GPT-2), or None if unknown.
 
-    Introduced in ``04_evaluation.ipynb``: the longest window a perplexity evaluation can use.
+    Introduced in ``06_evaluation.ipynb``: the longest window a perplexity evaluation can use.
     """
     config = getattr(model, "config", None)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
@@ -118,7 +118,7 @@ def sliding_window_nll(
 ) -> NLLResult:
     """Sum of next-token NLL over a long 1-D token sequence, scored with a sliding window.
 
-    Introduced in ``04_evaluation.ipynb``. Context tokens are masked with -100; the mean is
+    Introduced in ``06_evaluation.ipynb``. Context tokens are masked with -100; the mean is
     taken over scored tokens, not over windows, so a short last window weighs what its
     tokens weigh. The first token has no context and is never scored: with
     ``stride < context_len``, ``num_tokens == len(input_ids) - 1``. With
@@ -158,7 +158,7 @@ def sliding_window_nll(
 def naive_nll(model: torch.nn.Module, input_ids: TokenIds, context_len: int, batch_size: int = 8) -> NLLResult:
     """NLL over non-overlapping blocks of ``context_len`` tokens: the naive evaluation.
 
-    Introduced in ``04_evaluation.ipynb`` to show why it overstates perplexity: a token
+    Introduced in ``06_evaluation.ipynb`` to show why it overstates perplexity: a token
     early in a block sees almost no context, and each block's first token is not scored at
     all. It is :func:`sliding_window_nll` with ``stride == context_len``.
     """
@@ -170,7 +170,7 @@ def perplexity(
 ) -> float:
     """Perplexity of ``input_ids`` with a sliding window (``stride`` defaults to half the context).
 
-    Introduced in ``04_evaluation.ipynb``; 03 uses it for its before/after numbers.
+    Introduced in ``06_evaluation.ipynb``; 04 uses it for its before/after numbers.
     """
     stride = stride or max(1, context_len // 2)
     return sliding_window_nll(model, input_ids, context_len, stride, batch_size).perplexity
@@ -186,7 +186,7 @@ def document_nlls(
 ) -> dict[str, NLLResult]:
     """Score each document on its own: ``{name: NLLResult}``, the input of the bootstrap.
 
-    Introduced in ``04_evaluation.ipynb``. Documents never share a window, so no document
+    Introduced in ``06_evaluation.ipynb``. Documents never share a window, so no document
     is context for another. ``stride`` defaults to half the context, as in :func:`perplexity`.
     """
     if not documents:
@@ -203,7 +203,7 @@ def document_nlls(
 def chunk_tokens(ids: TokenIds, chunk_len: int) -> dict[str, torch.Tensor]:
     """Split one long token sequence into ``{"chunk_000": ids, ...}`` of ``chunk_len`` tokens.
 
-    Introduced in ``04_evaluation.ipynb`` to bootstrap over one held-out play (Hamlet)
+    Introduced in ``06_evaluation.ipynb`` to bootstrap over one held-out play (Hamlet)
     with chunks of ~1000 tokens. A tail shorter than half a chunk joins the previous chunk.
     Caveat: chunks of one play are not independent documents (same characters, same
     plot, neighbouring chunks share style), so an interval over chunks is optimistic,
@@ -276,7 +276,7 @@ def bootstrap_perplexity(
 ) -> Interval:
     """Token-weighted perplexity over documents with a percentile bootstrap interval.
 
-    Introduced in ``04_evaluation.ipynb``. Each replicate draws as many documents as there
+    Introduced in ``06_evaluation.ipynb``. Each replicate draws as many documents as there
     are, with replacement, and recomputes ``exp(sum of nll / sum of tokens)``: the same
     token-weighted perplexity as the point estimate, never the mean of per-document
     perplexities (which would let a short document weigh as much as a long one). The
@@ -299,7 +299,7 @@ def bootstrap_difference(
 ) -> PairedDifference:
     """Paired bootstrap of perplexity(b) - perplexity(a) over the same documents.
 
-    Introduced in ``04_evaluation.ipynb`` (a = base, b = fine-tuned). Each replicate draws
+    Introduced in ``06_evaluation.ipynb`` (a = base, b = fine-tuned). Each replicate draws
     one set of document names and applies it to both models, so the documents' own
     difficulty cancels out and the interval is about the models. Reports the difference in
     perplexity and the relative change ``(b - a) / a``, each with its interval; use
@@ -327,7 +327,7 @@ def bootstrap_difference(
 def excludes_zero(interval: Interval) -> bool:
     """True when the whole interval lies on one side of 0: the change is clear of resampling noise.
 
-    Introduced in ``04_evaluation.ipynb``.
+    Introduced in ``06_evaluation.ipynb``.
     """
     return interval.low > 0 or interval.high < 0
 
@@ -360,7 +360,7 @@ def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
 def distinct_n(tokens: Sequence[int], n: int) -> float:
     """Unique n-grams / all n-grams of ``tokens`` (1.0: no n-gram repeats).
 
-    Introduced in ``04_evaluation.ipynb`` (distinct-n, Li et al. 2016), computed on
+    Introduced in ``06_evaluation.ipynb`` (distinct-n, Li et al. 2016), computed on
     generated token ids. A sequence shorter than ``n`` has no n-grams: 0.0.
     """
     grams = _ngrams(tokens, n)
@@ -370,7 +370,7 @@ def distinct_n(tokens: Sequence[int], n: int) -> float:
 def repetition_rate(tokens: Sequence[int], n: int = 4) -> float:
     """Share of n-grams that already appeared earlier in ``tokens`` (0.0: nothing repeats).
 
-    Introduced in ``04_evaluation.ipynb``. With ``n=4`` it catches the loops that greedy
+    Introduced in ``06_evaluation.ipynb``. With ``n=4`` it catches the loops that greedy
     decoding falls into ("the king, the king, the king") while ordinary function-word
     repeats ("of the") do not count. It equals ``1 - distinct_n(tokens, n)`` (seq-rep-n of
     Welleck et al. 2019); the samples report it at n=4 beside distinct-1 and distinct-2.
@@ -395,7 +395,7 @@ def generate_samples(
 ) -> list[dict[str, Any]]:
     """Generate from every prompt under every strategy; one row per (strategy, prompt).
 
-    Introduced in ``04_evaluation.ipynb``. Rows hold ``strategy, prompt, text`` (the new
+    Introduced in ``06_evaluation.ipynb``. Rows hold ``strategy, prompt, text`` (the new
     text only), ``new_tokens``, ``distinct_1``, ``distinct_2`` and ``repetition_rate``
     (n=4), all on the new tokens. The seed is set before each generation (``seed + i`` for
     the i-th prompt), so any row can be reproduced alone, two calls give identical rows,
@@ -456,7 +456,7 @@ FIGURES = ("distinct_1", "distinct_2", "repetition_rate")
 def summarize_samples(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean distinct-1, distinct-2 and repetition rate per strategy, in the rows' order.
 
-    Introduced in ``04_evaluation.ipynb``; this is the ``decoding`` part of the report.
+    Introduced in ``06_evaluation.ipynb``; this is the ``decoding`` part of the report.
     """
     by_strategy: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -475,7 +475,7 @@ def summarize_samples(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", max_chars: int = 160) -> str:
     """A compact side-by-side table: one line per strategy, one text column per prompt.
 
-    Introduced in ``04_evaluation.ipynb``. The last columns are the strategy's mean
+    Introduced in ``06_evaluation.ipynb``. The last columns are the strategy's mean
     distinct-1, distinct-2 and repetition rate (n=4). ``format`` is ``"markdown"`` (show
     with ``IPython.display.Markdown``), ``"html"`` (``IPython.display.HTML``) or ``"text"``
     (``print``). Texts longer than ``max_chars`` are cut with an ellipsis.
@@ -523,7 +523,7 @@ def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", m
 def add_typos(text: str, rate: float, seed: int = 0) -> str:
     """Swap neighbouring letters at about ``rate`` of the positions, reproducibly under ``seed``.
 
-    Introduced in ``04_evaluation.ipynb`` for the robustness probe ("king" -> "kign").
+    Introduced in ``06_evaluation.ipynb`` for the robustness probe ("king" -> "kign").
     """
     if not 0 <= rate <= 1:
         raise ValueError(f"rate must be between 0 and 1 (a share of characters), got {rate}")
@@ -562,7 +562,7 @@ def robustness_probe(
 ) -> dict[str, Any]:
     """How much worse the model scores a passage under simple perturbations.
 
-    Introduced in ``04_evaluation.ipynb``. Returns ``{"rows": [...], "caveats": str}``; one
+    Introduced in ``06_evaluation.ipynb``. Returns ``{"rows": [...], "caveats": str}``; one
     row per perturbation: ``clean``, ``typos`` (neighbouring letters swapped at
     ``typo_rate``), ``lower-case``, ``upper-case``, ``extra whitespace`` (every space
     doubled, every line break doubled), ``short prompt`` (the first ``short_tokens``
@@ -639,7 +639,7 @@ def bias_probe(
 ) -> dict[str, Any]:
     """Template bias probe: sentences that differ only in one group word, scored by the model.
 
-    Introduced in ``04_evaluation.ipynb``. Returns ``{"rows": [...], "summary": {...},
+    Introduced in ``06_evaluation.ipynb``. Returns ``{"rows": [...], "summary": {...},
     "caveats": str}``. One row per (template, group): ``template, group, sentence, tokens,
     log_likelihood`` (total over the whole sentence, in nats; each sentence is preceded by
     the end-of-text token so its first word is scored too) and ``difference``: its
@@ -694,7 +694,7 @@ REPORT_KEYS = ("settings", "perplexity", "difference", "decoding", "probes")
 
 
 def default_report_path() -> Path:
-    """``artifacts/eval/report.json`` under the settings' artifacts folder (``04_evaluation.ipynb`` writes it)."""
+    """``artifacts/eval/report.json`` under the settings' artifacts folder (``06_evaluation.ipynb`` writes it)."""
     from helpers.settings import get_settings
 
     return get_settings().artifacts_dir / "eval" / "report.json"
@@ -720,7 +720,7 @@ def _plain(value: Any) -> Any:
 def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> Path:
     """Write the evaluation report as JSON, atomically, and return its path.
 
-    Introduced in ``04_evaluation.ipynb``; ``05_deployment.ipynb`` puts it on the model
+    Introduced in ``06_evaluation.ipynb``; ``07_deployment.ipynb`` puts it on the model
     card. Default path: ``artifacts/eval/report.json``. Intervals are written as
     ``{"point", "low", "high"}``. Expected shape (extra keys are kept)::
 
@@ -760,11 +760,11 @@ def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> P
 def load_report(path: str | Path | None = None) -> dict[str, Any]:
     """Read the report written by :func:`write_report` (default ``artifacts/eval/report.json``).
 
-    Introduced in ``04_evaluation.ipynb``; ``05_deployment.ipynb`` reads it for the model card.
+    Introduced in ``06_evaluation.ipynb``; ``07_deployment.ipynb`` reads it for the model card.
     """
     path = Path(path) if path is not None else default_report_path()
     if not path.is_file():
         raise FileNotFoundError(
-            f"no evaluation report at {path}; run 04_evaluation.ipynb (it calls write_report) first"
+            f"no evaluation report at {path}; run 06_evaluation.ipynb (it calls write_report) first"
         )
     return json.loads(path.read_text(encoding="utf-8"))

@@ -212,7 +212,7 @@ def check_packing(answer: list[list[int]] | None) -> None:
               f"then cut it every {_PACK_BLOCK_SIZE} tokens")
 
 
-# --- 03_finetuning_gpt2.ipynb --------------------------------------------------------------
+# --- 04_finetuning_gpt2.ipynb --------------------------------------------------------------
 
 
 def check_tokens_per_step(answer) -> None:
@@ -230,7 +230,7 @@ def check_tokens_per_step(answer) -> None:
     )
 
 
-# --- 04_evaluation.ipynb -------------------------------------------------------------------
+# --- 06_evaluation.ipynb -------------------------------------------------------------------
 
 PPL_EXERCISE_NLL_SUM = 2_310.0  # nats, summed over the scored tokens
 PPL_EXERCISE_TOKENS = 840  # tokens scored
@@ -262,7 +262,7 @@ def check_window_count(answer) -> None:
     )
 
 
-# --- 06_iteration.ipynb --------------------------------------------------------------------
+# --- 08_iteration.ipynb --------------------------------------------------------------------
 
 
 def check_relative_change(answer, candidate: float, current: float) -> None:
@@ -277,7 +277,7 @@ def check_relative_change(answer, candidate: float, current: float) -> None:
     )
 
 
-# --- 05_deployment.ipynb -------------------------------------------------------------------
+# --- 07_deployment.ipynb -------------------------------------------------------------------
 
 LATENCY_EXERCISE_MS = (112.0, 98.0, 105.0, 131.0, 99.0, 240.0, 101.0, 97.0, 118.0, 104.0, 103.0, 350.0)
 

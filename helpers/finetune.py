@@ -1,13 +1,13 @@
-"""Notebook 03's whole job in one call, so later notebooks can rebuild it, and the Trainer twin.
+"""Notebook 04's whole job in one call, so later notebooks can rebuild it, and the Trainer twin.
 
-Introduced in ``03_finetuning_gpt2.ipynb``:
+Introduced in ``04_finetuning_gpt2.ipynb``:
 
 * :func:`finetune` runs prepare -> load the base -> :func:`helpers.training.train` -> save, and
   :func:`load_finetuned` returns the fine-tuned model, calling :func:`finetune` first when
-  ``artifacts/models/finetuned`` is missing or was made in another mode (04, 05 and 06 use it
+  ``artifacts/models/finetuned`` is missing or was made in another mode (06, 07 and 08 use it
   so each notebook also runs alone).
 * :func:`trainer_arguments` and :func:`run_trainer` run the same fine-tuning through
-  ``transformers.Trainer`` for comparison (03 and ``bench/bench_training.py``).
+  ``transformers.Trainer`` for comparison (04 and ``bench/bench_training.py``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, b
 
 
 def finetune(settings: Settings | None = None, progress: bool = True, on_log=None) -> Path:
-    """Fine-tune the course's base model on the prepared Shakespeare and save it (03's pipeline)."""
+    """Fine-tune the course's base model on the prepared Shakespeare and save it (04's pipeline)."""
     from helpers.data import prepare
     from helpers.models import load_model, load_tokenizer, resolve_model_source
 
@@ -69,9 +69,9 @@ def finetune(settings: Settings | None = None, progress: bool = True, on_log=Non
 
 
 def load_finetuned(settings: Settings | None = None, progress: bool = True):
-    """``(model, tokenizer, training_info)`` of notebook 03's model, rebuilding it when missing.
+    """``(model, tokenizer, training_info)`` of notebook 04's model, rebuilding it when missing.
 
-    Used by 04, 05 and 06. A model made in another mode is rebuilt, so the sizes match.
+    Used by 06, 07 and 08. A model made in another mode is rebuilt, so the sizes match.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,7 +81,7 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
     info = json.loads(info_file.read_text()) if info_file.is_file() else None
     if info is None or info.get("mode") != settings.mode:
         why = "it does not exist yet" if info is None else f"it was made in {info.get('mode')} mode"
-        print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 03)")
+        print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 04)")
         finetune(settings, progress=progress)
         info = json.loads(info_file.read_text())
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """Where the tokenizer and the model come from, in one resolution order.
 
-Introduced in ``00_setup.ipynb`` and used by every notebook from 03 on:
+Introduced in ``00_setup.ipynb`` and used by every notebook from 04 on:
 
 1. ``COURSE_MODEL`` if set: a local folder (with ``config.json``) or a hub id such as ``gpt2``;
 2. in ``gpu`` mode, ``gpt2`` from the Hugging Face hub or the local HF cache
@@ -158,7 +158,7 @@ def load_tokenizer(source: ModelSource | None = None):
 def load_model(source: ModelSource | None = None, dtype=None):
     """Load a ``GPT2LMHeadModel`` (in fp32 unless ``dtype`` says otherwise) and return ``(model, source)``.
 
-    Introduced in ``00_setup.ipynb``; 03 fine-tunes what it returns.
+    Introduced in ``00_setup.ipynb``; 04 fine-tunes what it returns.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

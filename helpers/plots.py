@@ -112,13 +112,13 @@ def plot_train_val_bars(
     return fig
 
 
-# ---------------------------------------------------------------- 03: training curves
+# ---------------------------------------------------------------- 04: training curves
 
 
 def plot_history(history: list[dict], title: str = "Training", ax_row=None) -> Figure:
     """Training loss per step (log scale), validation loss where measured, learning rate, tokens/s.
 
-    Introduced in ``03_finetuning_gpt2.ipynb``; 04 reuses it for the overfitting check.
+    Introduced in ``04_finetuning_gpt2.ipynb``; 06 reuses it for the overfitting check.
     """
     steps = [h["step"] for h in history]
     valid = [(h["step"], h["valid_loss"]) for h in history if "valid_loss" in h]
@@ -141,7 +141,7 @@ def plot_history(history: list[dict], title: str = "Training", ax_row=None) -> F
 def live_history_plot(every: int = 10):
     """A callback for ``helpers.training.train(on_log=...)`` that redraws the curves every ``every`` steps.
 
-    Introduced in ``03_finetuning_gpt2.ipynb``. It updates one output in place (no pile of
+    Introduced in ``04_finetuning_gpt2.ipynb``. It updates one output in place (no pile of
     figures), and does nothing outside a notebook.
     """
     from IPython import get_ipython
@@ -164,7 +164,7 @@ def live_history_plot(every: int = 10):
     return on_log
 
 
-# ---------------------------------------------------------------- 04: evaluation
+# ---------------------------------------------------------------- 06: evaluation
 
 
 def plot_intervals(
@@ -180,7 +180,7 @@ def plot_intervals(
     ``reference`` draws a dashed vertical line, e.g. 0 for a difference: an interval that
     crosses it does not show a change.
 
-    Introduced in ``04_evaluation.ipynb``.
+    Introduced in ``06_evaluation.ipynb``.
     """
     fig, ax = _axes(ax, (6.0, 0.6 + 0.6 * len(intervals)))
     labels = list(intervals)
@@ -206,7 +206,7 @@ def plot_loss_by_position(mean_nll: Sequence[float], title: str, ax: Axes | None
     ``mean_nll[i]`` is the loss of the token at position ``i + 1`` of a window (``i + 1``
     tokens of context). A thin line shows every position; the markers average positions in
     doubling bins (1, 2-3, 4-7, ...), so the trend stands out from the noise. Introduced in
-    ``04_evaluation.ipynb``: the naive split scores a block's first tokens at the left end.
+    ``06_evaluation.ipynb``: the naive split scores a block's first tokens at the left end.
     """
     fig, ax = _axes(ax, (6.0, 3.5))
     mean_nll = np.asarray(mean_nll, dtype=np.float64)
@@ -232,7 +232,7 @@ def plot_perplexity_vs_stride(rows: Sequence[Mapping], title: str, ax: Axes | No
     """Perplexity per stride; each point labelled with the tokens computed per token scored.
 
     ``rows`` hold ``stride``, ``perplexity`` and ``cost`` (forward-pass tokens per scored
-    token). Introduced in ``04_evaluation.ipynb``.
+    token). Introduced in ``06_evaluation.ipynb``.
     """
     fig, ax = _axes(ax, (6.0, 3.5))
     strides = [row["stride"] for row in rows]
@@ -255,7 +255,7 @@ def plot_decoding_summary(summary: Sequence[Mapping], title: str, ax: Axes | Non
     """Distinct-1, distinct-2 and the 4-gram repetition rate per decoding strategy, as bars.
 
     ``summary`` is :func:`helpers.evaluation.summarize_samples`' output. Introduced in
-    ``04_evaluation.ipynb``.
+    ``06_evaluation.ipynb``.
     """
     fig, ax = _axes(ax, (7.0, 0.9 + 0.45 * len(summary)))
     names = [row["strategy"] for row in summary]

@@ -1,6 +1,6 @@
 """A small local model registry and the promotion gate that guards it.
 
-Introduced in ``06_iteration.ipynb``: new data arrives, fine-tuning resumes, and the new
+Introduced in ``08_iteration.ipynb``: new data arrives, fine-tuning resumes, and the new
 model is kept only when it is measurably better and still works. The registry lives in
 ``artifacts/registry/``::
 
@@ -119,7 +119,7 @@ class GateRow(NamedTuple):
 def registry_root(root: Path | str | None = None) -> Path:
     """The registry folder: ``root`` when given (tests), else ``<artifacts>/registry``.
 
-    Introduced in ``06_iteration.ipynb``.
+    Introduced in ``08_iteration.ipynb``.
     """
     return Path(root) if root is not None else get_settings().artifacts_dir / "registry"
 
@@ -238,7 +238,7 @@ def get(version: str, *, root: Path | str | None = None) -> Entry:
     """The healthy entry of ``version`` (its weights checksum verified).
 
     Raises ``UnknownVersionError`` for a version never registered and ``DamagedVersionError``
-    naming the version and the problem for a broken one. Introduced in ``06_iteration.ipynb``.
+    naming the version and the problem for a broken one. Introduced in ``08_iteration.ipynb``.
     """
     _check_version_name(version)
     folder = _versions_dir(root) / version
@@ -253,7 +253,7 @@ def list_versions(*, root: Path | str | None = None) -> list[VersionInfo]:
 
     A damaged version is listed with its ``problem``; it never stops the others being listed.
     An unreadable ``current.json`` leaves every ``is_current`` False (``current()`` says why).
-    Introduced in ``06_iteration.ipynb``.
+    Introduced in ``08_iteration.ipynb``.
     """
     try:
         current_version = _read_pointer(root)["version"]
@@ -286,16 +286,16 @@ def register(
     ``version`` defaults to the next ``vN``; ``parent`` names the version it was trained from
     (it must be registered). The copy and its ``entry.json`` are built in a hidden folder and
     renamed into place in one step, so an interrupted call leaves the registry unchanged.
-    Registering an existing version is a ``VersionExistsError``. Introduced in ``06_iteration.ipynb``.
+    Registering an existing version is a ``VersionExistsError``. Introduced in ``08_iteration.ipynb``.
     """
     release = Path(release_dir)
     if not release.is_dir():
-        raise FileNotFoundError(f"release folder {release} does not exist; export one first (05_deployment)")
+        raise FileNotFoundError(f"release folder {release} does not exist; export one first (07_deployment)")
     weights_file = next((name for name in WEIGHTS_FILES if (release / name).is_file()), None)
     if weights_file is None:
         raise FileNotFoundError(
             f"release folder {release} has no weights file ({' or '.join(WEIGHTS_FILES)}); "
-            "export it with save_pretrained first (05_deployment)"
+            "export it with save_pretrained first (07_deployment)"
         )
     hashes = _json_ready("data_manifest_hashes", data_manifest_hashes)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
@@ -355,7 +355,7 @@ def current(*, root: Path | str | None = None) -> Entry | None:
     """The promoted version's entry, or ``None`` before anything was promoted.
 
     Raises ``DamagedVersionError`` when the current version is broken (roll back or promote
-    another). Introduced in ``06_iteration.ipynb``.
+    another). Introduced in ``08_iteration.ipynb``.
     """
     version = _read_pointer(root)["version"]
     return None if version is None else get(version, root=root)
@@ -378,7 +378,7 @@ def promote(version: str, *, root: Path | str | None = None) -> Entry:
 
     Only a healthy registered version can be promoted (a clear error otherwise). Promoting
     the current version again changes nothing. An unreadable ``current.json`` is rewritten
-    with a fresh history. Introduced in ``06_iteration.ipynb``.
+    with a fresh history. Introduced in ``08_iteration.ipynb``.
     """
     entry = get(version, root=root)
     try:
@@ -397,7 +397,7 @@ def rollback(*, root: Path | str | None = None) -> Entry:
 
     Raises ``RegistryError`` when nothing was promoted before the current one, and
     ``DamagedVersionError`` when that earlier version is broken (promote a healthy one
-    explicitly then). Introduced in ``06_iteration.ipynb``.
+    explicitly then). Introduced in ``08_iteration.ipynb``.
     """
     pointer = _read_pointer(root)
     if pointer["version"] is None:
@@ -414,7 +414,7 @@ def compare(a: str, b: str, *, root: Path | str | None = None) -> list[MetricRow
     """Metric by metric, version ``b`` against version ``a`` (the union of both versions' metrics).
 
     A metric one version lacks shows ``None``; so do ``delta`` and ``relative`` then.
-    ``format_table(compare("v1", "v2"))`` prints it. Introduced in ``06_iteration.ipynb``.
+    ``format_table(compare("v1", "v2"))`` prints it. Introduced in ``08_iteration.ipynb``.
     """
     ma, mb = get(a, root=root).metrics, get(b, root=root).metrics
     rows = []
@@ -451,7 +451,7 @@ def _cells(rows: Sequence[NamedTuple]) -> tuple[list[str], list[list[str]]]:
 def format_table(rows: Sequence[NamedTuple]) -> str:
     """A plain-text table of :func:`list_versions`, :func:`compare` or gate rows (``relative`` as %).
 
-    Introduced in ``06_iteration.ipynb``.
+    Introduced in ``08_iteration.ipynb``.
     """
     headers, body = _cells(rows)
     if not headers:
@@ -543,7 +543,7 @@ def gate(
     higher, relative, and (3) ``smoke_test()`` passes: it returns ``True``/``False`` or
     ``(passed, message)``; raising counts as failing, and no smoke test at all fails too.
     Both metric dicts must be measured on the same data (evaluate the current model on the
-    new data too). Introduced in ``06_iteration.ipynb``.
+    new data too). Introduced in ``08_iteration.ipynb``.
     """
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be in [0, 1) (0.05 = 5 % lower perplexity), got {margin}")
@@ -576,7 +576,7 @@ def gate(
 def promote_if_passes(decision: GateDecision, version: str, *, root: Path | str | None = None) -> Entry | None:
     """Promote ``version`` when ``decision.promote``; return its entry, or ``None`` when the gate said no.
 
-    Introduced in ``06_iteration.ipynb``.
+    Introduced in ``08_iteration.ipynb``.
     """
     return promote(version, root=root) if decision.promote else None
 

@@ -1,6 +1,6 @@
 """An OpenAI-compatible completion service for a released model, with limits, auth and metrics.
 
-Introduced in ``05_deployment.ipynb``. Run it with::
+Introduced in ``07_deployment.ipynb``. Run it with::
 
     python -m helpers.serving --model artifacts/models/release [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
@@ -70,7 +70,7 @@ MAX_STOP_SEQUENCES = 4  # as in OpenAI's API
 
 @dataclass(frozen=True)
 class ServingLimits:
-    """What one request may ask of the service. Introduced in ``05_deployment.ipynb``.
+    """What one request may ask of the service. Introduced in ``07_deployment.ipynb``.
 
     The prompt may use at most the model's context (``config.n_positions``) minus the
     request's ``max_tokens``.
@@ -452,7 +452,7 @@ def load_for_serving(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
                      device: str | torch.device | None = None, int8: bool = False):
     """Load ``(model, tokenizer)`` from a release folder for serving, with clear errors.
 
-    Introduced in ``05_deployment.ipynb``. ``int8`` serves :func:`helpers.deployment.quantize_int8`'s
+    Introduced in ``07_deployment.ipynb``. ``int8`` serves :func:`helpers.deployment.quantize_int8`'s
     CPU copy instead of the fp32 weights.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -493,7 +493,7 @@ def create_app(
     device: str | torch.device | None = None,
     int8: bool = False,
 ) -> FastAPI:
-    """Build the FastAPI app serving the model in ``model_dir``. Introduced in ``05_deployment.ipynb``.
+    """Build the FastAPI app serving the model in ``model_dir``. Introduced in ``07_deployment.ipynb``.
 
     ``api_key``: when set, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``.
     ``model_id`` (default: the folder's name) is the name clients pass as ``model``.
@@ -757,7 +757,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class BackgroundServer:
     """A ``python -m helpers.serving`` process started by :func:`start_background`.
 
-    Introduced in ``05_deployment.ipynb``; the live test and ``bench/bench_serving.py`` use it too.
+    Introduced in ``07_deployment.ipynb``; the live test and ``bench/bench_serving.py`` use it too.
     """
 
     process: subprocess.Popen

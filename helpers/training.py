@@ -1,6 +1,6 @@
 """Fine-tuning GPT-2 with a loop you can read top to bottom, that scales out and never loses work.
 
-Introduced in ``03_finetuning_gpt2.ipynb``. The shape follows transformers'
+Introduced in ``04_finetuning_gpt2.ipynb``. The shape follows transformers'
 ``run_clm_no_trainer.py``: an ``accelerate.Accelerator`` handles device placement, mixed
 precision and DDP; the loop itself is plain PyTorch: forward, shifted-label cross-entropy,
 backward (accumulated), clip, step, schedule, evaluate, checkpoint.
@@ -91,7 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_settings(cls, settings=None, **overrides) -> TrainConfig:
-        """The mode's sizes from ``helpers.settings`` (03 uses this), with optional overrides."""
+        """The mode's sizes from ``helpers.settings`` (04 uses this), with optional overrides."""
         from helpers.settings import get_settings
 
         s = settings or get_settings()
@@ -123,8 +123,8 @@ def micro_batch(blocks, index: int, batch_size: int, seed: int) -> torch.Tensor:
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts token t+1 (labels shifted by one).
 
-    This is what ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` computes; 03 writes it
-    out and a test checks the two agree. 03 slices the logits (``logits[:, :-1]``), which is
+    This is what ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` computes; 04 writes it
+    out and a test checks the two agree. 04 slices the logits (``logits[:, :-1]``), which is
     clearest; here the *labels* move instead: each position gets the next token as its label,
     the last position gets ``IGNORE_INDEX`` and drops out of the mean. Same number, but the
     (batch, block, vocab) logits, 200 MB for GPT-2 at 8 x 128, are neither copied forwards nor
@@ -244,7 +244,7 @@ def train(
     one is loaded first and training continues exactly where it stopped. ``stop_after``
     stops early after that many optimizer steps (to demonstrate an interruption) without
     changing the schedule. ``on_log`` is called with the history after every logged step
-    (03 passes a live plot). Introduced in ``03_finetuning_gpt2.ipynb``.
+    (04 passes a live plot). Introduced in ``04_finetuning_gpt2.ipynb``.
     """
     from accelerate import Accelerator
 
@@ -338,7 +338,7 @@ def _checkpoint(accelerator, model, optimizer, scheduler, step, history, folder,
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m helpers.training``: the same fine-tuning as 03, from a config, for scaling out.
+    """``python -m helpers.training``: the same fine-tuning as 04, from a config, for scaling out.
 
     ``accelerate launch --num_processes 2 -m helpers.training --out DIR`` or
     ``torchrun --nproc_per_node 2 -m helpers.training --out DIR`` run it on several GPUs

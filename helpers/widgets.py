@@ -61,7 +61,7 @@ def learning_rate_explorer(lr: float = 0.1, num_steps: int = 10, theta0: tuple[f
     return ipywidgets.interactive(draw, lr=lr_slider, num_steps=steps_slider)
 
 
-# --- 04_evaluation.ipynb -------------------------------------------------------------------
+# --- 06_evaluation.ipynb -------------------------------------------------------------------
 
 
 def decoding_kwargs(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dict:
@@ -71,7 +71,7 @@ def decoding_kwargs(temperature: float, top_k: int = 0, top_p: float = 1.0) -> d
     and ``top_p`` 1.0 switch those filters off, as in :data:`helpers.evaluation.DECODING_STRATEGIES`
     (``top_k=0`` also switches off transformers' default top-k of 50).
 
-    Introduced in ``04_evaluation.ipynb``.
+    Introduced in ``06_evaluation.ipynb``.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
@@ -100,7 +100,7 @@ def generate_text(
     exact ``max_new_tokens`` and the checks on the prompt's length are the same as in the
     comparison table. Bad settings raise ``ValueError`` with the reason.
 
-    Introduced in ``04_evaluation.ipynb``.
+    Introduced in ``06_evaluation.ipynb``.
     """
     from helpers.evaluation import generate_samples
 
@@ -127,7 +127,7 @@ def generation_playground(
     generation with the given settings and returns ``None``. Building it never needs a
     frontend, so a headless run or GitHub shows the widget's text form instead of failing.
 
-    Introduced in ``04_evaluation.ipynb``.
+    Introduced in ``06_evaluation.ipynb``.
     """
     from helpers.evaluation import max_context
 

@@ -439,5 +439,5 @@ def test_report_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         ev.write_report({**full, "perplexity": {"base": float("nan")}}, tmp_path / "r.json")
     assert not list(tmp_path.iterdir())
-    with pytest.raises(FileNotFoundError, match="04_evaluation"):
+    with pytest.raises(FileNotFoundError, match="06_evaluation"):
         ev.load_report(tmp_path / "missing.json")
