@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m helpers.course $(if $(FROM),--from $(FROM))
+	$(PY) -m tools.course $(if $(FROM),--from $(FROM))
 
 test: $(STAMP)
 	COURSE_MODE=smoke HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest
@@ -43,10 +43,10 @@ download: $(STAMP)
 	$(PY) -c "from helpers.models import prefetch_gpt2; print(prefetch_gpt2())"
 
 student: $(STAMP)
-	$(PY) -m helpers.student
+	$(PY) -m tools.student
 
 map: $(STAMP)
-	$(PY) -m helpers.course --minutes --map
+	$(PY) -m tools.course --minutes --map
 
 clean:
 	rm -rf artifacts build

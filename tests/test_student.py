@@ -21,9 +21,9 @@ import nbformat
 import pytest
 
 import helpers
-from helpers.course import notebook_paths
 from helpers.exercises import NOT_DONE
-from helpers.student import (
+from tools.course import notebook_paths
+from tools.student import (
     EXERCISE_TAG,
     SOLUTION_TAG,
     StubError,
