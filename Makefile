@@ -6,6 +6,7 @@
 #   make download pre-fetch GPT-2 (124M) into the local Hugging Face cache for an offline workshop
 #   make student  the workshop build: notebooks with the solutions stubbed out, in build/student/
 #   make map      merge the minutes `make course` measured into the notebooks, regenerate the README's course map
+#   make outputs NB="03 05"   execute those notebooks in cpu mode, in place: the outputs to commit
 
 PYTHON_BOOT ?= python3
 VENV        ?= .venv
@@ -14,7 +15,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0
 STAMP       := $(VENV)/.installed
 
-.PHONY: course test lab bench download setup clean student map
+.PHONY: course test lab bench download setup clean student map outputs
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -47,6 +48,10 @@ student: $(STAMP)
 
 map: $(STAMP)
 	$(PY) -m tools.course --minutes --map
+
+outputs: $(STAMP)
+	@test -n "$(NB)" || { echo 'name the notebooks to re-run, e.g. make outputs NB="03 05"'; exit 2; }
+	COURSE_MODE=cpu $(PY) -m tools.course --in-place $(NB)
 
 clean:
 	rm -rf artifacts build
