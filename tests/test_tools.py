@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from helpers.settings import get_settings
-from tools import code_stats
+from tools import code_stats, constraints
 from tools.course import notebook_number, parse_args, run_course, select_notebooks
 
 ROOT = get_settings().repo_root
@@ -24,6 +24,7 @@ ENTRIES = {  # module: the arguments it requires, so that only the unknown flag 
     "tools.course": [],
     "tools.student": [],
     "tools.code_stats": [],
+    "tools.constraints": [],
     "tools.collect_data": [],
     "tools.pretrain_tiny_base": [],
     "bench": [],
@@ -141,3 +142,33 @@ def test_code_stats_runs_on_the_course():
     text, _ = code_stats.report()
     assert "notebook : helpers" in text and "longest functions in helpers/" in text
 
+
+# --- tools.constraints --------------------------------------------------------------------------
+
+
+def test_what_only_torch_needs_is_left_to_torch():
+    graph = {
+        "torch": {"sympy", "jinja2", "filelock"},
+        "sympy": {"mpmath"},
+        "mpmath": set(),
+        "jinja2": {"markupsafe"},
+        "markupsafe": set(),
+        "filelock": set(),
+        "nbconvert": {"jinja2"},  # shared: stays pinned, and so does what it needs
+        "transformers": {"filelock"},
+    }
+    assert constraints.only_needed_by("torch", graph) == {"sympy", "mpmath"}
+
+
+def test_committed_constraints_pin_every_declared_dependency_but_torch():
+    text = (ROOT / "constraints.txt").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    odd = [line for line in lines if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+", line)]
+    assert not odd, f"constraints.txt lines that are not name==version: {odd} (rerun `make constraints`)"
+    pinned = {constraints.canonical(line.split("==")[0]) for line in lines}
+    assert "torch" not in pinned and constraints.PROJECT not in pinned
+    tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Python 3.11's tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    names = {constraints.canonical(re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r).group(0)) for r in declared} - {"torch"}
+    assert not names - pinned, f"declared but not pinned: {sorted(names - pinned)}; install them, then `make constraints`"
