@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m tools.course: error: {error}", file=sys.stderr)
         return 2
     if not paths:
-        print(f"python -m tools.course: error: no notebook from {args.start_at} on among {args.notebooks}", file=sys.stderr)
+        print(f"python -m tools.course: error: none of the notebooks asked for comes at or after --from {args.start_at}",
+              file=sys.stderr)
         return 2
     return run_course(paths, args.timeout, in_place=args.in_place)
 
