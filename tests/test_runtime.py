@@ -110,3 +110,13 @@ def test_reuse_freed_memory_stops_refaulting_large_blocks():
         reusing = [page_faults_of_one_step() for _ in range(6)]  # the first steps grow the heap
     default = [page_faults_of_one_step() for _ in range(2)]  # on exit glibc returns memory again
     assert reusing[-1] * 100 < min(default), (reusing, default)
+
+
+def test_eval_mode_restores_the_previous_mode_even_after_an_error():
+    model = torch.nn.Dropout(0.5)
+    for before in (True, False):
+        model.train(before)
+        with pytest.raises(RuntimeError), runtime.eval_mode(model) as inside:
+            assert inside is model and not model.training
+            raise RuntimeError("a failing evaluation")
+        assert model.training is before
