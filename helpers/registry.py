@@ -5,20 +5,27 @@ model is kept only when it is measurably better and still works. The registry li
 ``artifacts/registry/``::
 
     registry/
-      current.json              {"version": "v2", "history": ["v1"], "updated": "..."}
+      current.json              {"version": "v3", "previous": ["v1"], "history": ["v1", "v3"], "updated": "..."}
       versions/
         v1/entry.json           version, parent, data hashes, training config, metrics, sha256
         v1/model/               a copy of the release folder (weights, tokenizer, card)
         v2/...
 
-Every write is atomic: a version is built in a hidden temporary folder beside its final
-place and renamed into place in one step (``os.replace``); ``current.json`` is written to a
-temporary file and renamed the same way. A crash leaves either the old state or the new
-one, never half of each; hidden leftovers (names starting with ``.``) are ignored.
+``previous`` is what :func:`rollback` walks back through; ``history`` records every version
+that was made current, in order, and is never shortened.
+
+Every write is atomic and locked. A version is built in a hidden temporary folder beside its
+final place and renamed into place in one step; ``current.json`` is written to a temporary
+file and renamed the same way (``helpers.atomic``). A crash leaves either the old state or
+the new one, never half of each. Every read-modify-write (register, promote, rollback, clean)
+holds an exclusive lock on the registry folder, so two processes never lose each other's
+changes. What a killed writer leaves behind is listed by :func:`list_versions` and removed by
+:func:`clean`, which every successful write also runs.
 
 A damaged version (unreadable ``entry.json``, missing weights, weights whose sha256 no
-longer matches) is reported by :func:`list_versions` with the reason and refused by
-:func:`get` and :func:`promote` with a clear error; it never stops the others being used.
+longer matches, a weights file outside its version folder) is reported by
+:func:`list_versions` with the reason and refused by :func:`get` and :func:`promote` with a
+clear error; it never stops the others being used.
 """
 
 from __future__ import annotations
@@ -29,14 +36,15 @@ import math
 import os
 import re
 import shutil
-import uuid
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from helpers.atomic import fsync_dir, sha256_file, write_text_atomic
+from helpers import cards
+from helpers.atomic import build_folder, locked, remove_path, sha256_file, write_text_atomic, writer_state
 from helpers.settings import get_settings
 
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is hashed
@@ -165,10 +173,18 @@ def _json_ready(name: str, value: Mapping[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- reading entries
 
+_ENTRY_FIELDS = {
+    "version": str, "parent": (str, type(None)), "created": str, "data_manifest_hashes": dict,
+    "training_config": dict, "metrics": dict, "weights_file": str, "weights_sha256": str,
+}
+
 
 def _read_entry(folder: Path) -> Entry:
     """Read and check one version folder; raises ``DamagedVersionError`` saying what is wrong."""
     version = folder.name
+    if folder.is_symlink():
+        raise DamagedVersionError(f"version {version}: its folder is a link to {os.readlink(folder)}; "
+                                  "a version must be a real folder inside the registry: register it again")
     entry_path = folder / ENTRY_FILE
     try:
         raw = json.loads(entry_path.read_text(encoding="utf-8"))
@@ -176,31 +192,48 @@ def _read_entry(folder: Path) -> Entry:
         raise DamagedVersionError(f"version {version}: {ENTRY_FILE} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DamagedVersionError(f"version {version}: {ENTRY_FILE} is unreadable ({err})") from None
-    required = {
-        "version": str, "parent": (str, type(None)), "created": str, "data_manifest_hashes": dict,
-        "training_config": dict, "metrics": dict, "weights_file": str, "weights_sha256": str,
-    }
     if not isinstance(raw, dict):
         raise DamagedVersionError(f"version {version}: {ENTRY_FILE} holds {type(raw).__name__}, not an object")
-    for key, kind in required.items():
+    for key, kind in _ENTRY_FIELDS.items():
         if key not in raw:
             raise DamagedVersionError(f"version {version}: {ENTRY_FILE} lacks {key!r}")
         if not isinstance(raw[key], kind):
             raise DamagedVersionError(f"version {version}: {ENTRY_FILE} has a malformed {key!r}")
     if raw["version"] != version:
         raise DamagedVersionError(f"version {version}: {ENTRY_FILE} says it is version {raw['version']!r}")
-    entry = Entry(**{key: raw[key] for key in required}, path=folder)
-    weights = entry.model_dir / entry.weights_file
-    if not weights.is_file():
-        raise DamagedVersionError(f"version {version}: weights file {MODEL_DIR}/{entry.weights_file} is missing")
+    entry = Entry(**{key: raw[key] for key in _ENTRY_FIELDS}, path=folder)
+    _check_weights(entry)
+    return entry
+
+
+def _check_weights(entry: Entry) -> None:
+    """The weights file lies inside the version folder, is a regular file, and matches its checksum."""
+    version, name = entry.version, entry.weights_file
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise DamagedVersionError(
+            f"version {version}: {ENTRY_FILE} names weights_file {name!r}, which is not a path inside "
+            f"{MODEL_DIR}/; an entry may only point at its own files: register the release again"
+        )
+    weights = entry.model_dir / relative
+    if not weights.resolve().is_relative_to(entry.path.resolve()):
+        raise DamagedVersionError(
+            f"version {version}: weights file {MODEL_DIR}/{name} leads outside the version folder "
+            f"(to {weights.resolve()}); register the release again"
+        )
+    try:
+        mode = weights.stat().st_mode
+    except OSError:
+        raise DamagedVersionError(f"version {version}: weights file {MODEL_DIR}/{name} is missing") from None
+    if not stat.S_ISREG(mode):
+        raise DamagedVersionError(f"version {version}: weights file {MODEL_DIR}/{name} is not a regular file")
     actual = sha256_file(weights)
     if actual != entry.weights_sha256:
         raise DamagedVersionError(
-            f"version {version}: checksum mismatch for {MODEL_DIR}/{entry.weights_file} "
+            f"version {version}: checksum mismatch for {MODEL_DIR}/{name} "
             f"(recorded sha256 {entry.weights_sha256[:12]}…, file now {actual[:12]}…); the weights changed "
             "after registration: register the release again under a new version"
         )
-    return entry
 
 
 def _version_folders(root: Path | str | None) -> list[Path]:
@@ -212,20 +245,34 @@ def _version_folders(root: Path | str | None) -> list[Path]:
     return sorted(found, key=lambda p: _natural_key(p.name))
 
 
+def _leftovers(root: Path | str | None) -> list[Path]:
+    """What interrupted writes can leave: hidden entries in ``versions/`` and temporary ``current.json`` files."""
+    found = []
+    versions = _versions_dir(root)
+    if versions.is_dir():
+        found += [p for p in versions.iterdir() if p.name.startswith(".")]
+    folder = registry_root(root)
+    if folder.is_dir():
+        found += [p for p in folder.iterdir() if p.name.startswith(f".{CURRENT_FILE}")]
+    return sorted(found)
+
+
 def _read_pointer(root: Path | str | None) -> dict[str, Any]:
-    """``current.json`` as ``{"version": str | None, "history": [...]}``; raises ``RegistryError`` if damaged."""
+    """``current.json`` as ``{"version", "previous", "history"}``; raises ``RegistryError`` if damaged."""
     path = registry_root(root) / CURRENT_FILE
     if not path.exists():
-        return {"version": None, "history": []}
+        return {"version": None, "previous": [], "history": []}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RegistryError(f"{CURRENT_FILE} is unreadable ({err}); promote a version to rewrite it") from None
+    if isinstance(raw, dict) and "previous" not in raw and isinstance(raw.get("history"), list):
+        raw = {**raw, "previous": raw["history"], "history": [*raw["history"], raw.get("version")]}  # older layout
+    lists = ("previous", "history")
     if (
         not isinstance(raw, dict)
         or not isinstance(raw.get("version"), str)
-        or not isinstance(raw.get("history"), list)
-        or not all(isinstance(v, str) for v in raw["history"])
+        or not all(isinstance(raw.get(key), list) and all(isinstance(v, str) for v in raw[key]) for key in lists)
     ):
         raise RegistryError(f"{CURRENT_FILE} is malformed; promote a version to rewrite it")
     return raw
@@ -252,6 +299,8 @@ def list_versions(*, root: Path | str | None = None) -> list[VersionInfo]:
     """Every registered version, naturally sorted (v2 before v10), with which one is current.
 
     A damaged version is listed with its ``problem``; it never stops the others being listed.
+    What an interrupted write left behind is listed last, under its hidden name, with a problem
+    that says whether a running process is still writing it or :func:`clean` will remove it.
     An unreadable ``current.json`` leaves every ``is_current`` False (``current()`` says why).
     Introduced in ``08_iteration.ipynb``.
     """
@@ -268,7 +317,62 @@ def list_versions(*, root: Path | str | None = None) -> list[VersionInfo]:
         except DamagedVersionError as err:
             problem = str(err).removeprefix(f"version {folder.name}: ")
         rows.append(VersionInfo(folder.name, folder.name == current_version, parent, created, problem))
+    for path in _leftovers(root):
+        if writer_state(path) == "running":
+            problem = "being written by a running process"
+        else:
+            problem = "left by an interrupted write; registry.clean() removes it (so does the next write)"
+        rows.append(VersionInfo(path.name, False, None, None, problem))
     return rows
+
+
+def clean(*, root: Path | str | None = None) -> list[str]:
+    """Remove what interrupted writes left in the registry; return the names removed.
+
+    A temporary whose writer is still running is kept; one whose writer is gone (killed,
+    crashed) is removed, as is one without a writer's name that is over a minute old. Every
+    successful :func:`register`, :func:`promote` and :func:`rollback` runs it too.
+    Introduced in ``08_iteration.ipynb``.
+    """
+    with locked(registry_root(root)):
+        return _clean_locked(root)
+
+
+def _clean_locked(root: Path | str | None) -> list[str]:
+    removed = []
+    for path in _leftovers(root):
+        if writer_state(path) == "orphaned":
+            remove_path(path)
+            removed.append(path.name)
+    return removed
+
+
+def _release_weights(release: Path) -> str:
+    """The release's weights file name; a clear error for a folder that is not a release."""
+    if not release.is_dir():
+        raise FileNotFoundError(f"release folder {release} does not exist; export one first (07_deployment)")
+    weights_file = next((name for name in WEIGHTS_FILES if (release / name).is_file()), None)
+    if weights_file is None:
+        raise FileNotFoundError(
+            f"release folder {release} has no weights file ({' or '.join(WEIGHTS_FILES)}); "
+            "export it with save_pretrained first (07_deployment)"
+        )
+    for path in release.rglob("*"):
+        if not (path.is_dir() or path.is_file()):
+            raise ValueError(f"{path} in the release folder is not a regular file (a FIFO, socket or broken link); "
+                             "remove it and register again")
+    return weights_file
+
+
+def _checked_metadata(hashes: Mapping[str, str], config: Mapping[str, Any], metrics: Mapping[str, float]) -> dict:
+    hashes = _json_ready("data_manifest_hashes", hashes)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        raise ValueError("data_manifest_hashes must map names to hash strings, e.g. {'new_data': 'sha256…'}")
+    scores = _json_ready("metrics", metrics)
+    for name, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"metrics[{name!r}] must be a number, got {value!r}")
+    return {"data_manifest_hashes": hashes, "training_config": _json_ready("training_config", config), "metrics": scores}
 
 
 def register(
@@ -285,70 +389,46 @@ def register(
 
     ``version`` defaults to the next ``vN``; ``parent`` names the version it was trained from
     (it must be registered). The copy and its ``entry.json`` are built in a hidden folder and
-    renamed into place in one step, so an interrupted call leaves the registry unchanged.
-    Registering an existing version is a ``VersionExistsError``. Introduced in ``08_iteration.ipynb``.
+    renamed into place in one step, under the registry's lock, so an interrupted call leaves
+    the registry unchanged and two processes registering at once get different versions.
+    A name that is taken (by a version, or by anything else in ``versions/``) is a
+    ``VersionExistsError``. Introduced in ``08_iteration.ipynb``.
     """
     release = Path(release_dir)
-    if not release.is_dir():
-        raise FileNotFoundError(f"release folder {release} does not exist; export one first (07_deployment)")
-    weights_file = next((name for name in WEIGHTS_FILES if (release / name).is_file()), None)
-    if weights_file is None:
-        raise FileNotFoundError(
-            f"release folder {release} has no weights file ({' or '.join(WEIGHTS_FILES)}); "
-            "export it with save_pretrained first (07_deployment)"
-        )
-    hashes = _json_ready("data_manifest_hashes", data_manifest_hashes)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
-        raise ValueError("data_manifest_hashes must map names to hash strings, e.g. {'new_data': 'sha256…'}")
-    config = _json_ready("training_config", training_config)
-    scores = _json_ready("metrics", metrics)
-    for name, value in scores.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"metrics[{name!r}] must be a number, got {value!r}")
-
-    versions = _versions_dir(root)
-    existing = [p.name for p in _version_folders(root)]
-    if version is None:
-        numbers = [int(m.group(1)) for name in existing if (m := _AUTO_VERSION.fullmatch(name))]
-        version = f"v{max(numbers, default=0) + 1}"
-    _check_version_name(version)
-    if version in existing:
-        raise VersionExistsError(
+    weights_file = _release_weights(release)
+    metadata = _checked_metadata(data_manifest_hashes, training_config, metrics)
+    with locked(registry_root(root)):
+        existing = [p.name for p in _version_folders(root)]
+        if version is None:
+            numbers = [int(m.group(1)) for name in existing if (m := _AUTO_VERSION.fullmatch(name))]
+            version = f"v{max(numbers, default=0) + 1}"
+        _check_version_name(version)
+        taken = VersionExistsError(
             f"version {version!r} is already registered; pick another name or leave version=None for the next vN"
         )
-    if parent is not None and parent not in existing:
-        raise UnknownVersionError(
-            f"parent {parent!r} is not registered (registered: {', '.join(existing) or 'none yet'}); "
-            "register the parent first or pass parent=None"
-        )
-
-    versions.mkdir(parents=True, exist_ok=True)
-    tmp = versions / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(release, tmp / MODEL_DIR)
-        for path in (tmp / MODEL_DIR).rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        record = {
-            "version": version,
-            "parent": parent,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "data_manifest_hashes": hashes,
-            "training_config": config,
-            "metrics": scores,
-            "weights_file": weights_file,
-            "weights_sha256": sha256_file(tmp / MODEL_DIR / weights_file),
-        }
-        _write_json_atomic(tmp / ENTRY_FILE, record)
-        if (versions / version).exists():  # appeared while we copied
-            raise VersionExistsError(f"version {version!r} was registered by someone else meanwhile; try again")
-        os.replace(tmp, versions / version)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(versions)
-    return _read_entry(versions / version)
+        if version in existing:
+            raise taken
+        if parent is not None and parent not in existing:
+            raise UnknownVersionError(
+                f"parent {parent!r} is not registered (registered: {', '.join(existing) or 'none yet'}); "
+                "register the parent first or pass parent=None"
+            )
+        try:
+            with build_folder(_versions_dir(root) / version, overwrite=False) as building:
+                shutil.copytree(release, building / MODEL_DIR)
+                record = {
+                    "version": version,
+                    "parent": parent,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **metadata,
+                    "weights_file": weights_file,
+                    "weights_sha256": sha256_file(building / MODEL_DIR / weights_file),
+                }
+                _write_json_atomic(building / ENTRY_FILE, record)
+        except FileExistsError:
+            raise taken from None
+        _clean_locked(root)
+    return _read_entry(_versions_dir(root) / version)
 
 
 def current(*, root: Path | str | None = None) -> Entry | None:
@@ -362,51 +442,60 @@ def current(*, root: Path | str | None = None) -> Entry | None:
 
 
 def history(*, root: Path | str | None = None) -> list[str]:
-    """Earlier current versions, oldest first (what :func:`rollback` walks back through)."""
+    """Every version that was made current, oldest first, one per promotion or rollback.
+
+    The last one is the current version. Rollbacks add to it and never shorten it.
+    Introduced in ``08_iteration.ipynb``.
+    """
     return list(_read_pointer(root)["history"])
 
 
-def _write_pointer(version: str, past: list[str], root: Path | str | None) -> None:
-    folder = registry_root(root)
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_pointer(version: str, previous: list[str], past: list[str], root: Path | str | None) -> None:
     updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_json_atomic(folder / CURRENT_FILE, {"version": version, "history": past, "updated": updated})
+    pointer = {"version": version, "previous": previous, "history": [*past, version], "updated": updated}
+    _write_json_atomic(registry_root(root) / CURRENT_FILE, pointer)
 
 
 def promote(version: str, *, root: Path | str | None = None) -> Entry:
-    """Make ``version`` current; the previous current goes onto the history for :func:`rollback`.
+    """Make ``version`` current; the previous current is kept for :func:`rollback`.
 
     Only a healthy registered version can be promoted (a clear error otherwise). Promoting
     the current version again changes nothing. An unreadable ``current.json`` is rewritten
-    with a fresh history. Introduced in ``08_iteration.ipynb``.
+    with a fresh history. Holds the registry's lock from reading ``current.json`` to
+    rewriting it, so concurrent promotions are all recorded. Introduced in ``08_iteration.ipynb``.
     """
-    entry = get(version, root=root)
-    try:
-        pointer = _read_pointer(root)
-    except RegistryError:
-        pointer = {"version": None, "history": []}
-    if pointer["version"] == version:
-        return entry
-    past = pointer["history"] + ([pointer["version"]] if pointer["version"] else [])
-    _write_pointer(version, past, root)
+    with locked(registry_root(root)):
+        entry = get(version, root=root)
+        try:
+            pointer = _read_pointer(root)
+        except RegistryError:
+            pointer = {"version": None, "previous": [], "history": []}
+        if pointer["version"] == version:
+            return entry
+        previous = pointer["previous"] + ([pointer["version"]] if pointer["version"] else [])
+        _write_pointer(version, previous, pointer["history"], root)
+        _clean_locked(root)
     return entry
 
 
 def rollback(*, root: Path | str | None = None) -> Entry:
-    """Make the previous current version current again and return its entry.
+    """Make the version that was current before the last promotion current again; return its entry.
 
-    Raises ``RegistryError`` when nothing was promoted before the current one, and
-    ``DamagedVersionError`` when that earlier version is broken (promote a healthy one
-    explicitly then). Introduced in ``08_iteration.ipynb``.
+    Rolling back twice walks back two promotions; promoting again afterwards and rolling back
+    works as before. :func:`history` keeps every step. Raises ``RegistryError`` when nothing
+    was promoted before the current one, and ``DamagedVersionError`` when that earlier
+    version is broken (promote a healthy one explicitly then). Introduced in ``08_iteration.ipynb``.
     """
-    pointer = _read_pointer(root)
-    if pointer["version"] is None:
-        raise RegistryError("nothing to roll back: no version has been promoted yet")
-    if not pointer["history"]:
-        raise RegistryError(f"nothing to roll back to: {pointer['version']} is the first version promoted")
-    previous = pointer["history"][-1]
-    entry = get(previous, root=root)
-    _write_pointer(previous, pointer["history"][:-1], root)
+    with locked(registry_root(root)):
+        pointer = _read_pointer(root)
+        if pointer["version"] is None:
+            raise RegistryError("nothing to roll back: no version has been promoted yet")
+        if not pointer["previous"]:
+            raise RegistryError(f"nothing to roll back to: {pointer['version']} is the first version promoted")
+        target = pointer["previous"][-1]
+        entry = get(target, root=root)
+        _write_pointer(target, pointer["previous"][:-1], pointer["history"], root)
+        _clean_locked(root)
     return entry
 
 
@@ -426,39 +515,12 @@ def compare(a: str, b: str, *, root: Path | str | None = None) -> list[MetricRow
     return rows
 
 
-# --------------------------------------------------------------------------- tables
-
-
-def _cell(column: str, value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if column == "relative":
-            return f"{value:+.1%}"
-        return f"{value:+.4g}" if column == "delta" else f"{value:.4g}"
-    return str(value)
-
-
-def _cells(rows: Sequence[NamedTuple]) -> tuple[list[str], list[list[str]]]:
-    if not rows:
-        return [], []
-    headers = list(rows[0]._fields)
-    return headers, [[_cell(h, v) for h, v in zip(headers, row, strict=True)] for row in rows]
-
-
 def format_table(rows: Sequence[NamedTuple]) -> str:
     """A plain-text table of :func:`list_versions`, :func:`compare` or gate rows (``relative`` as %).
 
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``08_iteration.ipynb``; the rendering is :func:`helpers.cards.format_table`.
     """
-    headers, body = _cells(rows)
-    if not headers:
-        return "(no rows)"
-    widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
-    lines = [headers, ["-" * w for w in widths], *body]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return cards.format_table(rows)
 
 
 # --------------------------------------------------------------------------- the promotion gate
@@ -479,19 +541,13 @@ class GateDecision:
         return f"KEEP the current version: failed {failed}"
 
     def table(self) -> str:
-        return f"{format_table(self.rows)}\n{self.verdict}"
+        return f"{cards.format_table(self.rows)}\n{self.verdict}"
 
     def to_markdown(self) -> str:
-        headers, body = _cells(self.rows)
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
-        return "\n".join(lines) + f"\n\n**{self.verdict}**"
+        return f"{cards.format_table(self.rows, 'markdown')}\n\n**{self.verdict}**"
 
     def _repr_html_(self) -> str:
-        headers, body = _cells(self.rows)
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in body)
-        return f"<table><tr>{head}</tr>{trs}</table><p><b>{html.escape(self.verdict)}</b></p>"
+        return f"{cards.format_table(self.rows, 'html')}<p><b>{html.escape(self.verdict)}</b></p>"
 
     def __str__(self) -> str:
         return self.table()

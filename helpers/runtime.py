@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from helpers.models import describe_model_source
+from helpers.settings import display_path, get_settings
+
 VALID_DEVICES = ("cuda", "mps", "cpu")
 
 
@@ -144,6 +147,21 @@ def reuse_freed_memory():
             libc.mallopt(parameter, value)
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Inside the block ``model`` is in eval mode (dropout off); its previous mode comes back after.
+
+    The one place that saves and restores ``model.training``, even when the block raises:
+    evaluating in the middle of training (04), scoring (06) and checking a release (07).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def in_colab() -> bool:
     """True inside Google Colab (the notebooks' install cells run only there)."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
@@ -183,9 +201,6 @@ def environment_report() -> dict[str, str]:
     Shown by ``00_setup.ipynb``; the README's troubleshooting asks for its output.
     """
     import transformers
-
-    from helpers.models import describe_model_source
-    from helpers.settings import display_path, get_settings
 
     settings = get_settings()
     device = pick_device()

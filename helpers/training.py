@@ -12,9 +12,13 @@ backward (accumulated), clip, step, schedule, evaluate, checkpoint.
   step consumes ``grad_accum_steps x num_processes`` micro-batches of the same global
   sequence, process ``r`` taking every N-th one. N processes with accumulation ``a`` therefore
   see the same data per step as one process with accumulation ``N x a``.
-* Checkpoints: ``step-000123/`` folders written atomically (temporary folder, then rename),
-  with a checksum; a damaged latest checkpoint is skipped with a message and the previous
-  good one used. ``scripts/pretrain_tiny_base.py`` shares the optimizer and schedule.
+* Checkpoints: ``step-000123/`` folders written atomically (``helpers.atomic.build_folder``:
+  a temporary folder, fsynced, then renamed), with a checksum, ordered by their step number.
+  Resuming reads them with ``torch.load(weights_only=True)``, which rebuilds tensors and plain
+  values only and never runs code from the file; a damaged checkpoint (checksum, unreadable
+  or malformed ``meta.json``, missing keys) is skipped with a warning naming the file, and the
+  previous good one used. ``tools/pretrain_tiny_base.py`` shares the optimizer, the schedule
+  and the checkpoints.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import argparse
 import functools
 import json
 import os
+import pickle
 import random
-import shutil
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -36,12 +41,18 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from helpers.atomic import replace_folder, sha256_file, temporary_folder_beside
+from helpers.atomic import build_folder, clean_leftovers, remove_folder, sha256_file, write_text_atomic
+from helpers.data import prepare
+from helpers.models import load_model, resolve_model_source
+from helpers.runtime import eval_mode, pick_device, precision_policy, progress_bar, reuse_freed_memory, set_seed
+from helpers.settings import Settings, get_settings
 
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 IGNORE_INDEX = -100  # cross_entropy skips these labels (PyTorch's default)
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "step", "history", "rng")  # what train() saves and resumes
+_CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1, eps: float = 1e-8) -> torch.optim.AdamW:
@@ -90,10 +101,8 @@ class TrainConfig:
     log_interval: int = 1
 
     @classmethod
-    def from_settings(cls, settings=None, **overrides) -> TrainConfig:
+    def from_settings(cls, settings: Settings | None = None, **overrides) -> TrainConfig:
         """The mode's sizes from ``helpers.settings`` (04 uses this), with optional overrides."""
-        from helpers.settings import get_settings
-
         s = settings or get_settings()
         values = dict(
             num_steps=s.num_steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
@@ -139,17 +148,15 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: int, device) -> float:
     """Mean next-token loss over the first ``max_batches`` batches of ``blocks`` (every token weighs the same)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for start in range(0, min(len(blocks), batch_size * max_batches), batch_size):
-        rows = [np.asarray(blocks[i], dtype=np.int64) for i in range(start, min(start + batch_size, len(blocks)))]
-        batch = torch.from_numpy(np.stack(rows)).to(device)
-        logits = model(batch).logits
-        n = batch[:, 1:].numel()
-        total += causal_lm_loss(logits, batch).item() * n
-        count += n
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, min(len(blocks), batch_size * max_batches), batch_size):
+            rows = [np.asarray(blocks[i], dtype=np.int64) for i in range(start, min(start + batch_size, len(blocks)))]
+            batch = torch.from_numpy(np.stack(rows)).to(device)
+            logits = model(batch).logits
+            n = batch[:, 1:].numel()
+            total += causal_lm_loss(logits, batch).item() * n
+            count += n
     return total / max(count, 1)
 
 
@@ -157,58 +164,115 @@ def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: 
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
-    """Write ``step-XXXXXX/`` atomically: into a temporary folder, then one rename.
+    """Write ``step-XXXXXX/`` atomically (``helpers.atomic.build_folder``) and keep the newest ``keep``.
 
-    A crash at any moment leaves either the complete new checkpoint or none of it.
-    Only the newest ``keep`` checkpoints are kept.
+    A crash at any moment leaves either the complete new checkpoint or none of it; what a
+    killed save left behind is removed by the next one. ``state`` must hold tensors and plain
+    values only (numbers, strings, lists, dicts), which is all ``weights_only`` loading accepts.
     """
-    final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
-    building = temporary_folder_beside(final)
-    torch.save(state, building / STATE_FILE)
-    meta = {"step": step, "sha256": sha256_file(building / STATE_FILE), "saved_at": time.time()}
-    (building / META_FILE).write_text(json.dumps(meta))
-    replace_folder(building, final)
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 checkpoint, got {keep}")
+    final = Path(folder) / f"{CHECKPOINT_PREFIX}{step:06d}"
+    with build_folder(final) as building:
+        torch.save(state, building / STATE_FILE)
+        meta = {"step": step, "sha256": sha256_file(building / STATE_FILE), "saved_at": time.time()}
+        (building / META_FILE).write_text(json.dumps(meta))
     for old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:  # never the one just written, even when a later step lies around
+            remove_folder(old)
     return final
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step number of a checkpoint folder's name (``step-000123`` -> 123), None for other names (04)."""
+    match = _CHECKPOINT_NAME.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first (temporary folders are ignored)."""
+    """Checkpoint folders, oldest first by step number (step-1000000 after step-999999); temporaries ignored."""
+    folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))  # hidden temporaries start with "."
+    found = [p for p in folder.iterdir() if checkpoint_step(p) is not None and p.is_dir()]
+    return sorted(found, key=checkpoint_step)
 
 
-def load_latest_checkpoint(folder: Path) -> tuple[dict, Path] | None:
+def _read_meta(candidate: Path) -> dict:
+    """``meta.json`` of a checkpoint, checked; a ``ValueError`` naming the file otherwise."""
+    path = candidate / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not text ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds {type(meta).__name__}, not an object")
+    if not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("step"), int):
+        raise ValueError(f"{path} lacks a 'sha256' string or a 'step' number")
+    if meta["step"] != checkpoint_step(candidate):
+        raise ValueError(f"{path} says step {meta['step']}, but the folder is {candidate.name}")
+    return meta
+
+
+def load_checkpoint(candidate: Path, required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+    """The state saved in one checkpoint folder of ``04_finetuning_gpt2.ipynb``, checked against its checksum.
+
+    Loaded with ``weights_only=True`` onto the CPU: a file that would need to run code to be
+    read is refused. Raises ``ValueError`` (or ``OSError`` / ``pickle.UnpicklingError``)
+    naming the file when anything is wrong.
+    """
+    meta = _read_meta(candidate)
+    state_path = candidate / STATE_FILE
+    if sha256_file(state_path) != meta["sha256"]:
+        raise ValueError(f"{state_path} does not match the checksum in {META_FILE}")
+    state = torch.load(state_path, weights_only=True, map_location="cpu")
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{state_path} lacks {', '.join(missing)}")
+    return state
+
+
+def load_latest_checkpoint(folder: Path, required: tuple[str, ...] = CHECKPOINT_KEYS) -> tuple[dict, Path] | None:
     """The newest checkpoint that is complete and uncorrupted, or None.
 
-    A damaged one (missing files, checksum mismatch, unreadable) is skipped with a warning
-    naming it, and the previous good one is used.
+    A checkpoint whose save was killed between its two renames is put back first
+    (``helpers.atomic.clean_leftovers``). A damaged one (missing files, checksum mismatch,
+    unreadable or malformed ``meta.json``, a file that is not plain tensors and values) is
+    skipped with a warning naming it, and the previous good one is used.
     """
+    clean_leftovers(folder)
     for candidate in reversed(list_checkpoints(folder)):
         try:
-            meta = json.loads((candidate / META_FILE).read_text())
-            if sha256_file(candidate / STATE_FILE) != meta["sha256"]:
-                raise ValueError("checksum mismatch")
-            state = torch.load(candidate / STATE_FILE, weights_only=False)
-        except (OSError, ValueError, KeyError, RuntimeError, EOFError) as error:
-            warnings.warn(f"checkpoint {candidate} is damaged ({error}); trying the previous one", stacklevel=2)
+            state = load_checkpoint(candidate, required)
+        except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            warnings.warn(f"skipping checkpoint {candidate.name} ({error}); trying the previous one", stacklevel=2)
             continue
         return state, candidate
     return None
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def capture_rng_state() -> dict:
+    """Python's, NumPy's and PyTorch's random states as tensors and plain lists (what ``weights_only`` loads).
+
+    Saved in every checkpoint of ``04_finetuning_gpt2.ipynb``, so a resumed run draws the same numbers.
+    """
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def restore_rng_state(state: dict) -> None:
+    """Put back the random states saved by :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -248,8 +312,6 @@ def train(
     """
     from accelerate import Accelerator
 
-    from helpers.runtime import pick_device, precision_policy, progress_bar, reuse_freed_memory, set_seed
-
     if len(train_blocks) == 0:
         raise ValueError("train_blocks is empty: prepare the data first (helpers.data.prepare)")
     device = pick_device()
@@ -262,19 +324,10 @@ def train(
     scheduler = make_scheduler(optimizer, config.warmup_steps, config.num_steps)
     start_step, history = 0, []
     if checkpoint_dir is not None and resume:
-        found = load_latest_checkpoint(Path(checkpoint_dir))
-        if found:
-            state, path = found
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_step, history = state["step"], state["history"]
-            _set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-            accelerator.print(f"resumed from {path.name} (step {start_step})")
+        start_step, history = _resume(Path(checkpoint_dir), model, optimizer, scheduler, accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)  # device placement, DDP, autocast
 
-    block_size = len(train_blocks[0])
-    tokens_per_step = config.batch_size * block_size * config.grad_accum_steps * world
+    tokens_per_step = config.batch_size * len(train_blocks[0]) * config.grad_accum_steps * world
     last_step = config.num_steps if stop_after is None else min(config.num_steps, start_step + stop_after)
     bar = progress_bar(range(start_step, last_step), progress and accelerator.is_main_process, initial=start_step,
                        total=config.num_steps, desc="training")
@@ -283,17 +336,7 @@ def train(
     with reuse_freed_memory() if accelerator.device.type == "cpu" else nullcontext():
         for step in bar:
             step_start = time.perf_counter()
-            loss_sum = 0.0
-            for micro in range(config.grad_accum_steps):
-                # Global micro-batch index: this process takes every world-th one of this step's share.
-                index = (step * config.grad_accum_steps + micro) * world + rank
-                batch = micro_batch(train_blocks, index, config.batch_size, config.seed).to(accelerator.device)
-                sync = micro == config.grad_accum_steps - 1
-                with nullcontext() if sync else accelerator.no_sync(model):
-                    logits = model(batch).logits  # forward
-                    loss = causal_lm_loss(logits, batch) / config.grad_accum_steps  # shifted-label cross-entropy
-                    accelerator.backward(loss)  # gradients add up over micro-batches
-                loss_sum += loss.item()
+            loss_sum = _accumulate_gradients(accelerator, model, train_blocks, config, step)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -316,6 +359,38 @@ def train(
     return TrainResult(accelerator.unwrap_model(model), history, start_step, time.perf_counter() - started)
 
 
+def _resume(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[int, list[dict]]:
+    """Load the newest good checkpoint into the model, optimizer, scheduler and random states."""
+    found = load_latest_checkpoint(folder)
+    if not found:
+        return 0, []
+    state, path = found
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    restore_rng_state(rng[accelerator.process_index] if isinstance(rng, list) else rng)
+    accelerator.print(f"resumed from {path.name} (step {state['step']})")
+    return state["step"], state["history"]
+
+
+def _accumulate_gradients(accelerator, model, train_blocks, config: TrainConfig, step: int) -> float:
+    """Forward and backward over this process's micro-batches of one optimizer step; the summed loss."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    loss_sum = 0.0
+    for micro in range(config.grad_accum_steps):
+        # Global micro-batch index: this process takes every world-th one of this step's share.
+        index = (step * config.grad_accum_steps + micro) * world + rank
+        batch = micro_batch(train_blocks, index, config.batch_size, config.seed).to(accelerator.device)
+        sync = micro == config.grad_accum_steps - 1
+        with nullcontext() if sync else accelerator.no_sync(model):
+            logits = model(batch).logits  # forward
+            loss = causal_lm_loss(logits, batch) / config.grad_accum_steps  # shifted-label cross-entropy
+            accelerator.backward(loss)  # gradients add up over micro-batches
+        loss_sum += loss.item()
+    return loss_sum
+
+
 def _mean_across(accelerator, value: float) -> float:
     if accelerator.num_processes == 1:
         return value
@@ -326,7 +401,7 @@ def _mean_across(accelerator, value: float) -> float:
 def _checkpoint(accelerator, model, optimizer, scheduler, step, history, folder, keep) -> None:
     from accelerate.utils import gather_object
 
-    rng = gather_object([_rng_state()]) if accelerator.num_processes > 1 else _rng_state()
+    rng = gather_object([capture_rng_state()]) if accelerator.num_processes > 1 else capture_rng_state()
     if accelerator.is_main_process:
         state = {"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "step": step, "history": history, "rng": rng}
@@ -344,10 +419,6 @@ def main(argv: list[str] | None = None) -> None:
     ``torchrun --nproc_per_node 2 -m helpers.training --out DIR`` run it on several GPUs
     (or CPU processes with gloo); the settings of the current mode fill what is not given.
     """
-    from helpers.data import prepare
-    from helpers.models import load_model, resolve_model_source
-    from helpers.settings import get_settings
-
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="JSON file with TrainConfig fields")
     parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, the final model and history.json")
@@ -367,8 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     result = train(model, data.dataset("train").blocks, data.dataset("validation").blocks, config,
                    checkpoint_dir=args.out / "checkpoints", resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        result.model.save_pretrained(args.out / "model")
-        (args.out / "history.json").write_text(json.dumps({"config": asdict(config), "history": result.history}, indent=1))
+        with build_folder(args.out / "model") as folder:
+            result.model.save_pretrained(folder)
+        write_text_atomic(args.out / "history.json", json.dumps({"config": asdict(config), "history": result.history}, indent=1))
         last = result.history[-1]
         print(f"done: {len(result.history)} steps, loss {last['loss']:.3f}, model in {args.out / 'model'}")
 

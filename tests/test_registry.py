@@ -11,13 +11,16 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from helpers import registry
+from helpers import atomic, registry
 from helpers.registry import (
     DamagedVersionError,
     RegistryError,
@@ -162,17 +165,38 @@ def test_promote_and_rollback_walk_the_history(make_release, root):
     registry.promote("v2", root=root)  # promoting the current one again changes nothing
     registry.promote("v3", root=root)
     assert registry.current(root=root).version == "v3"
-    assert registry.history(root=root) == ["v1", "v2"]
+    assert registry.history(root=root) == ["v1", "v2", "v3"]
     assert [v.version for v in registry.list_versions(root=root) if v.is_current] == ["v3"]
 
     assert registry.rollback(root=root).version == "v2"
     assert registry.current(root=root).version == "v2"
     assert registry.rollback(root=root).version == "v1"
-    assert registry.history(root=root) == []
+    assert registry.history(root=root) == ["v1", "v2", "v3", "v2", "v1"]  # a rollback never erases the history
     with pytest.raises(RegistryError, match="v1 is the first version promoted"):
         registry.rollback(root=root)
     pointer = json.loads((root / "current.json").read_text())
-    assert pointer["version"] == "v1" and pointer["history"] == []
+    assert pointer["version"] == "v1" and pointer["previous"] == [] and len(pointer["history"]) == 5
+
+
+def test_rollback_then_roll_forward_then_rollback_again(make_release, root):
+    """The finding: after one rollback the history read [], so the next rollback had nowhere to go."""
+    for _ in range(2):
+        reg(make_release(), root)
+    registry.promote("v1", root=root)
+    registry.promote("v2", root=root)
+    assert registry.rollback(root=root).version == "v1"
+    assert registry.history(root=root) == ["v1", "v2", "v1"]
+    assert registry.promote("v2", root=root).version == "v2"  # roll forward
+    assert registry.rollback(root=root).version == "v1"
+    assert registry.history(root=root) == ["v1", "v2", "v1", "v2", "v1"]
+
+
+def test_a_pointer_in_the_older_layout_is_read(make_release, root):
+    for _ in range(2):
+        reg(make_release(), root)
+    (root / "current.json").write_text(json.dumps({"version": "v2", "history": ["v1"], "updated": "x"}))
+    assert registry.history(root=root) == ["v1", "v2"]
+    assert registry.rollback(root=root).version == "v1"
 
 
 def test_rollback_before_any_promotion_is_a_clear_error(make_release, root):
@@ -212,14 +236,14 @@ def test_a_register_interrupted_at_the_final_rename_leaves_the_registry_unchange
     registry.promote("v1", root=root)
     before = snapshot(root)
 
-    real_replace = os.replace
+    real_rename = Path.rename
 
-    def crash_on_folder_rename(src, dst):
-        if os.path.isdir(src):
+    def crash_on_folder_rename(self, target):
+        if "-building-" in self.name:
             raise OSError("simulated crash while renaming the new version into place")
-        return real_replace(src, dst)
+        return real_rename(self, target)
 
-    monkeypatch.setattr(registry.os, "replace", crash_on_folder_rename)
+    monkeypatch.setattr(Path, "rename", crash_on_folder_rename)
     with pytest.raises(OSError, match="simulated crash"):
         reg(make_release(), root)
     monkeypatch.undo()
@@ -254,7 +278,7 @@ def test_a_promotion_interrupted_mid_write_keeps_the_old_pointer(make_release, r
     def crash(*args):
         raise OSError(f"simulated crash in os.{failing}")
 
-    monkeypatch.setattr(registry.os, failing, crash)
+    monkeypatch.setattr(atomic.os, failing, crash)
     with pytest.raises(OSError, match="simulated crash"):
         registry.promote("v2", root=root)
     monkeypatch.undo()
@@ -263,18 +287,40 @@ def test_a_promotion_interrupted_mid_write_keeps_the_old_pointer(make_release, r
     assert registry.current(root=root).version == "v1"
 
 
-def test_leftovers_of_a_killed_process_are_ignored(make_release, root):
+def dead_pid() -> int:
+    """The id of a process that has finished (and been reaped), as kill -9 leaves it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_a_killed_process_are_listed_and_cleaned(make_release, root):
     reg(make_release(), root)
     registry.promote("v1", root=root)
-    stray = root / "versions" / ".tmp-v2-deadbeef" / "model"  # what kill -9 mid-register leaves
-    stray.mkdir(parents=True)
-    (stray / "model.safetensors").write_bytes(b"half a file")
-    (root / ".current.json.tmp-deadbeef").write_text('{"version": "v2", "hist')
+    pid = dead_pid()
+    stray = root / "versions" / f".v2-building-{atomic._host_tag()}-{pid}-deadbeef"  # what kill -9 mid-register leaves
+    (stray / "model").mkdir(parents=True)
+    (stray / "model" / "model.safetensors").write_bytes(b"half a file")
+    torn = root / f".current.json-tmp-{atomic._host_tag()}-{pid}-deadbeef"
+    torn.write_text('{"version": "v2", "hist')
+    legacy = root / "versions" / ".tmp-v3-0badf00d"  # named by older code: no writer to check, so its age decides
+    legacy.mkdir()
+    running = atomic.temporary_name(root / "versions" / "v9", "building")  # this process: still writing
+    running.mkdir()
 
-    assert [v.version for v in registry.list_versions(root=root)] == ["v1"]
+    listed = {v.version: v.problem for v in registry.list_versions(root=root)}
+    assert listed["v1"] is None
+    assert "registry.clean() removes it" in listed[stray.name] and "registry.clean()" in listed[torn.name]
+    assert "running" in listed[legacy.name] and "running" in listed[running.name]
     assert registry.current(root=root).version == "v1"
-    assert reg(make_release(), root).version == "v2"
-    assert registry.promote("v2", root=root).version == "v2"
+
+    old = datetime.now().timestamp() - 2 * atomic.STALE_AFTER_S
+    os.utime(legacy, (old, old))
+    assert reg(make_release(), root).version == "v2"  # the next write cleans
+    assert {p.name for p in (root / "versions").iterdir()} == {"v1", "v2", running.name}
+    assert not torn.exists()
+    assert registry.clean(root=root) == []
+    running.rmdir()
 
 
 # --------------------------------------------------------------------------- damaged entries
@@ -372,7 +418,7 @@ def test_a_corrupt_pointer_does_not_break_listing_and_promoting_repairs_it(make_
     with pytest.raises(RegistryError, match="current.json is unreadable"):
         registry.current(root=root)
     registry.promote("v1", root=root)
-    assert registry.current(root=root).version == "v1" and registry.history(root=root) == []
+    assert registry.current(root=root).version == "v1" and registry.history(root=root) == ["v1"]
 
 
 # --------------------------------------------------------------------------- the promotion gate
@@ -473,4 +519,4 @@ def test_promote_if_passes_follows_the_decision(make_release, root):
     assert registry.current(root=root).version == "v1"
     accept = registry.gate({"new_data_ppl": 80.0, "heldout_ppl": 40.0}, CURRENT, smoke_test=lambda: True)
     assert registry.promote_if_passes(accept, "v2", root=root).version == "v2"
-    assert registry.current(root=root).version == "v2" and registry.history(root=root) == ["v1"]
+    assert registry.current(root=root).version == "v2" and registry.history(root=root) == ["v1", "v2"]

@@ -83,3 +83,13 @@ def test_environment_report_names_the_essentials():
     for key in ("python", "torch", "transformers", "mode", "device", "precision", "model source"):
         assert report[key]
     assert report["mode"] == "smoke"
+
+
+def test_eval_mode_restores_the_previous_mode_even_after_an_error():
+    model = torch.nn.Dropout(0.5)
+    for before in (True, False):
+        model.train(before)
+        with pytest.raises(RuntimeError), runtime.eval_mode(model) as inside:
+            assert inside is model and not model.training
+            raise RuntimeError("a failing evaluation")
+        assert model.training is before

@@ -14,11 +14,14 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from helpers.training import (
     TrainConfig,
+    capture_rng_state,
     causal_lm_loss,
     list_checkpoints,
     load_latest_checkpoint,
     make_optimizer,
     micro_batch,
+    restore_rng_state,
+    save_checkpoint,
     train,
 )
 
@@ -131,11 +134,54 @@ def test_partial_checkpoint_folder_is_ignored(blocks, tmp_path):
     assert path.name == "step-000002"
 
 
+@pytest.mark.parametrize("meta", ["null", "[]", '"step"', "{}", '{"step": 8}', '{"sha256": "ab", "step": "8"}',
+                                  "{half"], ids=["null", "list", "string", "empty", "no-sha", "step-text", "torn"])
+def test_any_damage_of_meta_json_falls_back_with_a_warning_naming_the_file(blocks, tmp_path, meta):
+    """The finding: meta.json holding null or [] raised TypeError instead of falling back."""
+    train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
+    latest = list_checkpoints(tmp_path)[-1]
+    (latest / "meta.json").write_text(meta)
+    with pytest.warns(UserWarning, match=f"{latest.name}.*meta.json"):
+        state, path = load_latest_checkpoint(tmp_path)
+    assert path.name == "step-000006" and state["step"] == 6
+
+
+def test_a_checkpoint_missing_part_of_its_state_is_skipped(tmp_path):
+    save_checkpoint(tmp_path, 1, {"model": {}, "optimizer": {}, "scheduler": {}, "step": 1, "history": [],
+                                  "rng": capture_rng_state()}, keep=2)
+    save_checkpoint(tmp_path, 2, {"model": {}, "step": 2}, keep=2)  # checksum fine, but not a training state
+    with pytest.warns(UserWarning, match="step-000002.*lacks optimizer, scheduler, history, rng"):
+        state, path = load_latest_checkpoint(tmp_path)
+    assert path.name == "step-000001"
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    """The finding: step 1,000,000 sorted before 999,999 by name, so the checkpoint just saved was pruned."""
+    state = {"model": {}, "optimizer": {}, "scheduler": {}, "history": [], "rng": capture_rng_state()}
+    for step in (999_998, 999_999, 1_000_000):
+        save_checkpoint(tmp_path, step, {**state, "step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-999999", "step-1000000"]
+    assert load_latest_checkpoint(tmp_path)[0]["step"] == 1_000_000
+    save_checkpoint(tmp_path, 3, {**state, "step": 3}, keep=1)  # an older step, saved later: it is kept
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003", "step-1000000"]
+
+
+def test_random_states_survive_a_weights_only_round_trip(tmp_path):
+    import random
+
+    saved = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    torch.save(saved, tmp_path / "rng.pt")
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
 def test_empty_data_is_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
         train(tiny_model(), np.zeros((0, 16), dtype=np.uint16), None, config(), progress=False)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_doubled_accumulation(tmp_path):
     """torchrun with gloo on CPU: 2 processes x accumulation 1 == 1 process x accumulation 2."""
     worker = REPO / "tests" / "ddp_worker.py"

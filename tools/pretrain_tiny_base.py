@@ -15,7 +15,7 @@ training novels only) is put on that pool: Good-Turing-style smoothing for unsee
 Because the rows are truly zero, the loss below is exactly the full 50,257-way softmax of
 the saved model, computed over the seen rows plus one pooled term (3.4x cheaper).
 
-Usage (about an hour on a 2-core CPU; resumable, the checkpoint goes to artifacts/):
+Usage (about an hour on a 2-core CPU; resumable, checkpoints go to artifacts/pretrain/):
 
     python -m tools.pretrain_tiny_base --steps 6000 --threads 2
 """
@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,16 +36,26 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from helpers.atomic import build_folder, write_text_atomic  # noqa: E402
 from helpers.evaluation import sliding_window_nll  # noqa: E402
 from helpers.models import tokenizer_dir  # noqa: E402
 from helpers.runtime import set_seed  # noqa: E402
-from helpers.training import make_optimizer, make_scheduler  # noqa: E402
+from helpers.training import (  # noqa: E402
+    CHECKPOINT_KEYS,
+    capture_rng_state,
+    load_latest_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    restore_rng_state,
+    save_checkpoint,
+)
 
 AUSTEN = REPO / "data" / "raw" / "austen"
 HELD_OUT = "persuasion.txt"
 SHAKESPEARE_PROBE = REPO / "data" / "raw" / "shakespeare" / "hamlet.txt"
 OUT = REPO / "data" / "models" / "tiny-gpt2-base"
-CHECKPOINT = REPO / "artifacts" / "pretrain" / "checkpoint.pt"
+CHECKPOINTS = REPO / "artifacts" / "pretrain"  # step-XXXXXX/ folders, as helpers.training writes them
+CHECKPOINT_EXTRAS = ("generator", "elapsed")  # what this script saves beyond helpers.training's keys
 VALID_FRACTION = 0.05  # the last 5% of each training novel, for monitoring only
 
 
@@ -96,21 +104,14 @@ def pooled_loss(model, inputs, targets, seen_ids, target_index, log_num_unseen, 
     return (1 - smoothing) * nll + smoothing * pool_nll, nll
 
 
-def save_checkpoint(state: dict) -> None:
-    CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CHECKPOINT.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, CHECKPOINT)  # atomic: a crash leaves the previous checkpoint intact
-
-
-def write_card(metrics: dict) -> None:
+def write_card(metrics: dict, folder: Path = OUT) -> None:
     """The model card, README.md beside the weights, filled from training_metrics.json."""
     a = metrics["args"]
     command = (f"python -m tools.pretrain_tiny_base --steps {a['steps']} --batch-size {a['batch_size']} "
                f"--block-size {a['block_size']} --layers {a['layers']} --width {a['width']} --heads {a['heads']} "
                f"--lr {a['lr']} --warmup {a['warmup']} --weight-decay {a['weight_decay']} --dropout {a['dropout']} "
                f"--seed {a['seed']} --threads {a['threads']}")
-    weights = OUT / "model.safetensors"
+    weights = folder / "model.safetensors"
     card = f"""# tiny-gpt2-base
 
 The course's own small GPT-2, pretrained from scratch on five of Jane Austen's novels so
@@ -173,18 +174,11 @@ A teaching model: it writes plausible-looking early-19th-century English and not
 reliable. It is far too small for any real use, and it reflects the views of its source
 novels. License: MIT (the weights); the training texts are public domain.
 """
-    (OUT / "README.md").write_text(card, encoding="utf-8")
+    write_text_atomic(folder / "README.md", card)
 
 
-def main() -> None:
-    args = parse_args()
-    if args.card_only:
-        write_card(json.loads((OUT / "training_metrics.json").read_text()))
-        return
-    torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+def load_texts(tokenizer) -> dict:
+    """Train/valid streams of the five novels, the held-out one, and the seen-token bookkeeping."""
     eos = tokenizer.eos_token_id
     novels = tokenize_novels(tokenizer)
     held_out = novels.pop(HELD_OUT)
@@ -194,49 +188,45 @@ def main() -> None:
         cut = int(len(ids) * (1 - VALID_FRACTION))
         train_ids += ids[:cut] + [eos]
         valid_ids += ids[cut:] + [eos]
-    train = torch.tensor(train_ids)
-    valid = torch.tensor(valid_ids)
     seen_ids = torch.tensor(sorted(set(train_ids)))
     target_index = torch.full((len(tokenizer),), -1, dtype=torch.long)
     target_index[seen_ids] = torch.arange(len(seen_ids))
-    num_unseen = len(tokenizer) - len(seen_ids)
-    print(f"train {len(train):,} tokens, valid {len(valid):,}, held out ({HELD_OUT}) {len(held_out):,}")
-    print(f"seen token types {len(seen_ids):,}, unseen {num_unseen:,}, unseen-pool target {smoothing:.4f}")
+    texts = {"train": torch.tensor(train_ids), "valid": torch.tensor(valid_ids), "held_out": held_out,
+             "seen_ids": seen_ids, "target_index": target_index, "smoothing": smoothing,
+             "num_unseen": len(tokenizer) - len(seen_ids)}
+    print(f"train {len(texts['train']):,} tokens, valid {len(texts['valid']):,}, held out ({HELD_OUT}) {len(held_out):,}")
+    print(f"seen token types {len(seen_ids):,}, unseen {texts['num_unseen']:,}, unseen-pool target {smoothing:.4f}")
+    return texts
 
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=args.block_size, n_embd=args.width, n_layer=args.layers,
-        n_head=args.heads, resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
-        bos_token_id=eos, eos_token_id=eos,
-    )
-    model = GPT2LMHeadModel(config)
-    unseen_mask = torch.ones(len(tokenizer), dtype=torch.bool)
-    unseen_mask[seen_ids] = False
-    with torch.no_grad():
-        model.transformer.wte.weight[unseen_mask] = 0.0
+
+def train_model(args: argparse.Namespace, model, texts: dict) -> tuple[list[dict], float]:
+    """The training loop, resumed from the newest good checkpoint; returns the history and the minutes."""
+    train, valid, seen_ids, target_index = texts["train"], texts["valid"], texts["seen_ids"], texts["target_index"]
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = make_scheduler(optimizer, args.warmup, args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     step, elapsed, history = 0, 0.0, []
-    if CHECKPOINT.exists():
-        state = torch.load(CHECKPOINT, weights_only=False)
+    found = load_latest_checkpoint(CHECKPOINTS, required=CHECKPOINT_KEYS + CHECKPOINT_EXTRAS)
+    if found:
+        state = found[0]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+        restore_rng_state(state["rng"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         print(f"resumed from step {step}")
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
 
     model.train()
-    log_num_unseen = math.log(num_unseen)
+    log_num_unseen = math.log(texts["num_unseen"])
     window = []
     t0 = time.perf_counter() - elapsed
     while step < args.steps:
         starts = torch.randint(0, len(train) - args.block_size - 1, (args.batch_size,), generator=generator)
         chunk = torch.stack([train[s : s + args.block_size + 1] for s in starts])
-        loss, nll = pooled_loss(model, chunk[:, :-1], chunk[:, 1:], seen_ids, target_index, log_num_unseen, smoothing)
+        loss, nll = pooled_loss(model, chunk[:, :-1], chunk[:, 1:], seen_ids, target_index, log_num_unseen,
+                                texts["smoothing"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -252,46 +242,76 @@ def main() -> None:
                   f"  {tok_s:,.0f} tok/s  {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
             history.append({"step": step, "train_nll": mean})
         if step % args.eval_every == 0 or step == args.steps:
-            v = sliding_window_nll(model, valid, args.block_size, args.block_size // 2, batch_size=16)
+            v = sliding_window_nll(model, valid, args.block_size, args.block_size // 2, batch_size=16)  # restores train mode
             print(f"step {step:5d}  valid ppl {v.perplexity:.1f}", flush=True)
             history[-1]["valid_ppl"] = v.perplexity
-            model.train()
         if step % args.checkpoint_every == 0 or step == args.steps:
-            save_checkpoint({
+            save_checkpoint(CHECKPOINTS, step, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "step": step, "elapsed": time.perf_counter() - t0, "history": history,
-            })
-    wall_minutes = (time.perf_counter() - t0) / 60
-    assert torch.all(model.transformer.wte.weight[unseen_mask] == 0), "unseen rows must stay exactly zero"
+                "step": step, "history": history, "rng": capture_rng_state(), "generator": generator.get_state(),
+                "elapsed": time.perf_counter() - t0,
+            }, keep=2)
+    return history, (time.perf_counter() - t0) / 60
 
-    OUT.mkdir(parents=True, exist_ok=True)
+
+def evaluate_and_save(args: argparse.Namespace, model, tokenizer, texts: dict, history: list[dict],
+                      wall_minutes: float) -> dict:
+    """Save the fp16 model with its tokenizer, figures and card; the folder is swapped in whole at the end."""
     model.eval()
-    model.half().save_pretrained(OUT)  # fp16 storage keeps the folder under 16 MB
-    tokenizer.save_pretrained(OUT)
-    reloaded = GPT2LMHeadModel.from_pretrained(OUT, dtype=torch.float32)
-    ctx, stride = args.block_size, args.block_size // 2
-    held = sliding_window_nll(reloaded, torch.tensor(held_out), ctx, stride, batch_size=16)
-    shuffled = torch.tensor(held_out)[torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))]
-    held_shuffled = sliding_window_nll(reloaded, shuffled, ctx, stride, batch_size=16)
-    hamlet = tokenizer(SHAKESPEARE_PROBE.read_text(encoding="utf-8").strip()).input_ids
-    shakespeare = sliding_window_nll(reloaded, torch.tensor(hamlet), ctx, stride, batch_size=16)
-    valid_final = sliding_window_nll(reloaded, valid, ctx, stride, batch_size=16)
-    metrics = {
-        "parameters": sum(p.numel() for p in reloaded.parameters()),
-        "steps": args.steps, "tokens_seen": args.steps * args.batch_size * args.block_size,
-        "wall_minutes": round(wall_minutes, 1), "threads": args.threads, "seed": args.seed,
-        "final_train_nll": history[-1]["train_nll"], "final_train_ppl": math.exp(history[-1]["train_nll"]),
-        "valid_ppl": valid_final.perplexity,
-        "persuasion_ppl": held.perplexity, "persuasion_shuffled_ppl": held_shuffled.perplexity,
-        "hamlet_ppl": shakespeare.perplexity,
-        "eval_context": ctx, "eval_stride": stride,
-        "train_tokens": len(train), "valid_tokens": len(valid), "persuasion_tokens": len(held_out),
-        "seen_token_types": len(seen_ids), "unseen_pool_target": smoothing,
-        "args": vars(args), "history": history,
-    }
-    (OUT / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    write_card(metrics)
+    with build_folder(OUT) as folder:
+        model.half().save_pretrained(folder)  # fp16 storage keeps the folder under 16 MB
+        tokenizer.save_pretrained(folder)
+        reloaded = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
+        ctx, stride = args.block_size, args.block_size // 2
+        held_out, valid = texts["held_out"], texts["valid"]
+        held = sliding_window_nll(reloaded, torch.tensor(held_out), ctx, stride, batch_size=16)
+        shuffled = torch.tensor(held_out)[torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))]
+        held_shuffled = sliding_window_nll(reloaded, shuffled, ctx, stride, batch_size=16)
+        hamlet = tokenizer(SHAKESPEARE_PROBE.read_text(encoding="utf-8").strip()).input_ids
+        shakespeare = sliding_window_nll(reloaded, torch.tensor(hamlet), ctx, stride, batch_size=16)
+        valid_final = sliding_window_nll(reloaded, valid, ctx, stride, batch_size=16)
+        metrics = {
+            "parameters": sum(p.numel() for p in reloaded.parameters()),
+            "steps": args.steps, "tokens_seen": args.steps * args.batch_size * args.block_size,
+            "wall_minutes": round(wall_minutes, 1), "threads": args.threads, "seed": args.seed,
+            "final_train_nll": history[-1]["train_nll"], "final_train_ppl": math.exp(history[-1]["train_nll"]),
+            "valid_ppl": valid_final.perplexity,
+            "persuasion_ppl": held.perplexity, "persuasion_shuffled_ppl": held_shuffled.perplexity,
+            "hamlet_ppl": shakespeare.perplexity,
+            "eval_context": ctx, "eval_stride": stride,
+            "train_tokens": len(texts["train"]), "valid_tokens": len(valid), "persuasion_tokens": len(held_out),
+            "seen_token_types": len(texts["seen_ids"]), "unseen_pool_target": texts["smoothing"],
+            "args": vars(args), "history": history,
+        }
+        (folder / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_card(metrics, folder)
+    return metrics
+
+
+def main() -> None:
+    args = parse_args()
+    if args.card_only:
+        write_card(json.loads((OUT / "training_metrics.json").read_text()))
+        return
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+    eos = tokenizer.eos_token_id
+    texts = load_texts(tokenizer)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=args.block_size, n_embd=args.width, n_layer=args.layers,
+        n_head=args.heads, resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
+        bos_token_id=eos, eos_token_id=eos,
+    )
+    model = GPT2LMHeadModel(config)
+    unseen_mask = torch.ones(len(tokenizer), dtype=torch.bool)
+    unseen_mask[texts["seen_ids"]] = False
+    with torch.no_grad():
+        model.transformer.wte.weight[unseen_mask] = 0.0
+    history, wall_minutes = train_model(args, model, texts)
+    assert torch.all(model.transformer.wte.weight[unseen_mask] == 0), "unseen rows must stay exactly zero"
+    metrics = evaluate_and_save(args, model, tokenizer, texts, history, wall_minutes)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "args")}, indent=1))
 
 
