@@ -129,6 +129,7 @@ def test_kill_9_during_promote_never_corrupts_and_the_next_write_cleans(release,
     root = tmp_path / "registry"
     for _ in range(2):
         register(release, root)
+    registry.promote("v1", root=root)  # a kill before the child's first promote then still finds a current version
 
     def promote_forever():
         for i in itertools.count():
