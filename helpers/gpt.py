@@ -193,6 +193,8 @@ def generate(model: GPT, input_ids: torch.Tensor, max_new_tokens: int, temperatu
              generator: torch.Generator | None = None) -> torch.Tensor:
     """The prompt ``input_ids`` (batch, time) followed by ``max_new_tokens`` tokens, chosen one at a time
     (temperature 0: greedy). Notebook 03, section 6; the cache: section 7."""
+    if input_ids.dim() != 2 or input_ids.size(1) == 0:
+        raise ValueError(f"input_ids must be (batch, time) with at least one token, got shape {tuple(input_ids.shape)}")
     if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
         raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
     if input_ids.size(1) + max_new_tokens > model.config.block_size:

@@ -192,6 +192,8 @@ def test_generation_refuses_bad_input_with_the_reason(tiny):
         gpt.generate(ours, ids[:, :3], 1, temperature=-1)
     with pytest.raises(ValueError, match="0 < top_p <= 1"):
         gpt.generate(ours, ids[:, :3], 1, temperature=1, top_p=1.5)
+    with pytest.raises(ValueError, match=r"at least one token, got shape \(1, 0\)"):
+        gpt.generate(ours, ids[:, :0], 1)
     with pytest.raises(ValueError, match="do not fit the context of 256"):
         ours(torch.zeros(1, 300, dtype=torch.long))
 
