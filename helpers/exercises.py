@@ -8,7 +8,8 @@ with the same core, :func:`_check`. Each check prints one of:
 * ``⏳ not done yet`` while the answer is still ``None`` or ``...`` (the workshop build
   replaces the solutions with ``answer = None  # TODO``).
 
-The references are computed here with plain NumPy (or :mod:`helpers.by_hand`), never typed in.
+The references are computed here with plain NumPy (or :mod:`helpers.by_hand`), or taken from PyTorch and
+transformers (03's checks), never typed in.
 """
 
 from __future__ import annotations
