@@ -36,6 +36,8 @@ class Settings:
     eval_tokens: int  # at most this many tokens per split when measuring perplexity
     max_chars_per_doc: int | None  # None: whole documents; smoke trims them to stay fast
     sample_tokens: int  # new tokens per generated sample
+    bigram_steps: int  # training steps of 03's bigram baseline (each a 50,257-way softmax per pair)
+    kv_cache_lengths: tuple[int, ...]  # generated lengths at which 03 times generation with and without a KV cache
     repo_root: Path
     data_dir: Path
     artifacts_dir: Path
@@ -47,16 +49,20 @@ _MODE_SIZES: dict[str, dict] = {
         model_id=None, block_size=64, batch_size=4, grad_accum_steps=1, num_steps=6,
         lr=1e-3, warmup_steps=2, eval_interval=3, eval_tokens=2_048,
         max_chars_per_doc=20_000, sample_tokens=20,
+        bigram_steps=15, kv_cache_lengths=(8, 32),  # enough to draw the curves, not to read them
     ),
     "cpu": dict(  # a laptop: fine-tuning takes a few minutes, the whole course < 30 min
         model_id=None, block_size=128, batch_size=8, grad_accum_steps=1, num_steps=300,
         lr=1e-3, warmup_steps=30, eval_interval=50, eval_tokens=32_768,
         max_chars_per_doc=None, sample_tokens=40,
+        bigram_steps=250,  # about a minute on 2 cores; the held-out perplexity has mostly settled
+        kv_cache_lengths=(16, 64, 128, 255),  # up to the tiny base's context of 256, from a 1-token prompt
     ),
     "gpu": dict(  # real GPT-2 small on one T4: about 20 minutes of fine-tuning
         model_id="gpt2", block_size=512, batch_size=8, grad_accum_steps=2, num_steps=1_000,
         lr=5e-5, warmup_steps=100, eval_interval=100, eval_tokens=131_072,
         max_chars_per_doc=None, sample_tokens=60,
+        bigram_steps=1_000, kv_cache_lengths=(32, 128, 256, 512),  # GPT-2 goes to 1,024, but uncached runs that long would dominate the notebook
     ),
 }
 
