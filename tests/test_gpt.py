@@ -24,9 +24,9 @@ from transformers import (
 )
 
 from helpers import exercises, gpt
-from tools.export import EXPORT_TAG, EXPORTS, ExportError, export_all, exported_cells, module_source
 from helpers.models import tiny_base_dir, tokenizer_dir
 from helpers.settings import REPO_ROOT
+from tools.export import EXPORT_TAG, EXPORTS, ExportError, export_all, exported_cells, module_source
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "03_inside_gpt2.ipynb"
 PROMPTS = ("KING.\nWhat news, my lord?", "It is a truth universally acknowledged, that", "To be, or not to be:")
