@@ -24,6 +24,7 @@ from helpers.settings import REPO_ROOT, make_settings
 from helpers.training import TrainConfig, train
 
 NOTEBOOK_05 = REPO_ROOT / "notebooks" / "05_lora.ipynb"
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")  # peft 0.21 calls a method transformers 5 renamed
 R, ALPHA = 4, 8
 
 
@@ -166,7 +167,7 @@ def test_training_moves_only_a_and_b(fresh_accelerator):
     trained = train(model, blocks, blocks[:4], config, progress=False).model
     parameters = dict(trained.named_parameters())
     assert all(torch.equal(parameters[n], p) for n, p in frozen.items())
-    assert all(float(m.B.abs().max()) > 0 for m in trained.modules() if isinstance(m, lora.LoRALayer))
+    assert all(m.B.detach().any() for m in trained.modules() if isinstance(m, lora.LoRALayer))
 
 
 def test_a_trained_model_computes_in_fp32_again(fresh_accelerator):
