@@ -356,7 +356,9 @@ def train(
                 _checkpoint(accelerator, model, optimizer, scheduler, step + 1, history, Path(checkpoint_dir), config.keep_checkpoints)
     bar.close()
     accelerator.wait_for_everyone()
-    return TrainResult(accelerator.unwrap_model(model), history, start_step, time.perf_counter() - started)
+    # keep_fp32_wrapper=False: the model comes back computing as it was loaded, not under the loop's autocast
+    return TrainResult(accelerator.unwrap_model(model, keep_fp32_wrapper=False), history, start_step,
+                       time.perf_counter() - started)
 
 
 def _resume(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[int, list[dict]]:

@@ -1,0 +1,266 @@
+"""LoRA: a frozen GPT-2 plus a small trainable low-rank update, by hand and with ``peft``.
+
+Introduced in ``05_lora.ipynb``, which writes :class:`LoRALayer` and :func:`add_lora` out in its
+cells (a test checks the notebook's code is this code). Reused here:
+
+* :class:`LoRALayer` and :func:`add_lora`: the hand-written LoRA; :func:`copy_lora` moves ``A``
+  and ``B`` between it and ``peft``'s model, either way (05 and the tests compare their logits);
+* :func:`lora_parameter_count` and :func:`adapter_bytes`: what an adapter costs, by formula;
+  :func:`wrapped_shapes` reads the shapes it needs from a model;
+* :func:`lora_config`: the ``peft.LoraConfig`` of the same adapter;
+* :func:`training_memory`: the bytes one training step holds, part by part (05's table);
+* :func:`train_lora`, :func:`save_lora` and :func:`load_lora`: 05's adapter, saved under
+  ``artifacts/models/lora/`` and rebuilt when missing, as :func:`helpers.finetune.load_finetuned`
+  does for 04's model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from helpers.atomic import replace_folder, temporary_folder_beside
+from helpers.settings import Settings, display_path, get_settings
+from helpers.training import TrainConfig, TrainResult, causal_lm_loss, make_optimizer, train
+
+TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every projection of a GPT-2 block
+DEFAULT_R = 8
+DEFAULT_ALPHA = 16  # alpha = 2 r: the update is scaled by alpha / r = 2
+LORA_LR_FACTOR = 5  # LoRA's learning rate, in multiples of the mode's full fine-tuning rate (05 explains why)
+LORA_DIR = "models/lora"  # under artifacts/
+ADAPTER_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes
+TRAINING_INFO = "training.json"
+
+
+class LoRALayer(nn.Module):
+    """A frozen GPT-2 projection plus a trainable update of rank r: ``base(x) + x Aᵀ Bᵀ · alpha / r``.
+
+    Written out in ``05_lora.ipynb``; a test checks the notebook's class is this one.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float):
+        super().__init__()
+        d_in, d_out = base.weight.shape  # GPT-2's Conv1D stores W as (in, out) and computes x @ W + b
+        self.base = base.requires_grad_(False)  # frozen: no gradient, no optimizer state
+        self.A = nn.Parameter(torch.empty(r, d_in))  # down to r numbers per token ...
+        self.B = nn.Parameter(torch.zeros(d_out, r))  # ... and back up; zero, so training starts at the base
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # how nn.Linear (and peft) initialise A
+        self.scale = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.A.T @ self.B.T) * self.scale
+
+
+def add_lora(model: nn.Module, r: int, alpha: float, targets: Sequence[str] = TARGETS) -> nn.Module:
+    """Freeze ``model`` and wrap each target projection of every block in a :class:`LoRALayer` (in place).
+
+    Written out in ``05_lora.ipynb``; a test checks the notebook's function is this one.
+    """
+    model.requires_grad_(False)
+    for block in model.transformer.h:
+        for name in targets:
+            parent_name, child_name = name.rsplit(".", 1)
+            parent = block.get_submodule(parent_name)
+            setattr(parent, child_name, LoRALayer(getattr(parent, child_name), r, alpha))
+    return model
+
+
+def wrapped_shapes(model: nn.Module, targets: Sequence[str] = TARGETS) -> list[tuple[int, int]]:
+    """``(d_in, d_out)`` of every projection LoRA wraps in ``model`` (a plain GPT-2), block by block (05)."""
+    shapes = []
+    for block in model.transformer.h:
+        for name in targets:
+            try:
+                d_in, d_out = block.get_submodule(name).weight.shape
+            except (AttributeError, ValueError):
+                raise ValueError(f"{name!r} is not a projection of a GPT-2 block; use names such as "
+                                 f"{', '.join(TARGETS)}") from None
+            shapes.append((d_in, d_out))
+    return shapes
+
+
+def lora_parameter_count(shapes: Sequence[tuple[int, int]], r: int) -> int:
+    """Trainable numbers of an adapter of rank ``r``: ``r x (d_in + d_out)`` per wrapped projection.
+
+    The formula ``05_lora.ipynb`` checks against the model; its exercises are checked with it.
+    """
+    if r < 1:
+        raise ValueError(f"the rank r must be a positive whole number, got {r}")
+    return sum(r * (d_in + d_out) for d_in, d_out in shapes)
+
+
+def adapter_bytes(shapes: Sequence[tuple[int, int]], r: int, bytes_per_value: int = 4) -> int:
+    """Bytes of an adapter's numbers (fp32 by default); the file adds a small header (05's exercise 3)."""
+    return lora_parameter_count(shapes, r) * bytes_per_value
+
+
+def _lora_pairs(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{projection name: (A, B)}`` of a hand-wrapped model or a peft model (same names for both)."""
+    pairs = {}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "A", None), nn.Parameter) and isinstance(getattr(module, "B", None), nn.Parameter):
+            pairs[name] = (module.A, module.B)  # a LoRALayer (or the same class written out in 05's cells)
+        elif hasattr(module, "lora_A") and "default" in module.lora_A:  # peft: lora_A is (r, in), lora_B (out, r)
+            pairs[name.removeprefix("base_model.model.")] = (module.lora_A["default"].weight,
+                                                             module.lora_B["default"].weight)
+    return pairs
+
+
+def copy_lora(source: nn.Module, target: nn.Module) -> int:
+    """Copy every ``A`` and ``B`` of ``source`` into ``target``; either may be hand-written or peft.
+
+    Returns how many projections were copied; raises when the two are not wrapped alike.
+    ``05_lora.ipynb`` uses it both ways: peft's trained matrices into the hand-written layers
+    (same logits), and the hand-trained ones into peft's model (to save them as an adapter).
+    """
+    source_pairs, target_pairs = _lora_pairs(source), _lora_pairs(target)
+    if source_pairs.keys() != target_pairs.keys() or not source_pairs:
+        raise ValueError(f"the models wrap different projections ({len(source_pairs)} vs {len(target_pairs)} "
+                         "adapted layers); wrap the same targets in both")
+    with torch.no_grad():
+        for name, (a, b) in source_pairs.items():
+            to_a, to_b = target_pairs[name]
+            if to_a.shape != a.shape or to_b.shape != b.shape:
+                raise ValueError(f"{name}: rank {a.shape[0]} into rank {to_a.shape[0]}; use the same r in both")
+            to_a.copy_(a)
+            to_b.copy_(b)
+    return len(source_pairs)
+
+
+def lora_config(r: int = DEFAULT_R, alpha: float = DEFAULT_ALPHA, targets: Sequence[str] = TARGETS):
+    """The ``peft.LoraConfig`` of the adapter :func:`add_lora` builds by hand (no dropout, no biases).
+
+    ``05_lora.ipynb`` writes the same config out and checks the two are equal.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
+                      fan_in_fan_out=True)  # fan_in_fan_out: GPT-2's Conv1D stores W transposed
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def training_memory(model: nn.Module, batch: torch.Tensor) -> dict[str, int]:
+    """Bytes one AdamW training step on ``batch`` holds, by part, counted from the tensors themselves.
+
+    ``weights`` (every parameter), ``gradients`` (only trainable ones get one), ``optimizer``
+    (AdamW's two moments per trainable number) and ``activations`` (what autograd saves for the
+    backward pass, parameters excluded). Runs one real step on a copy of the caller's state, so
+    ``model`` itself is not changed. Introduced in ``05_lora.ipynb``.
+    """
+    import copy
+
+    model = copy.deepcopy(model).train()
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    optimizer = make_optimizer(model, lr=1e-6)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = causal_lm_loss(model(batch).logits, batch)
+    loss.backward()
+    optimizer.step()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    moments = [v for state in optimizer.state.values() for k, v in state.items() if k != "step"]
+    return {"weights": _tensor_bytes(model.parameters()), "gradients": _tensor_bytes(p.grad for p in trainable),
+            "optimizer": _tensor_bytes(moments), "activations": sum(saved.values())}
+
+
+# ---------------------------------------------------------------- 05's adapter, saved and rebuilt
+
+
+def lora_dir(settings: Settings | None = None) -> Path:
+    """``artifacts/models/lora``: where ``05_lora.ipynb`` saves its adapter."""
+    return (settings or get_settings()).artifacts_dir / LORA_DIR
+
+
+def _base_name(location: str, settings: Settings) -> str:
+    """How the adapter names its base: a folder relative to the repository, or a hub id."""
+    return display_path(location, settings) if Path(location).exists() else location
+
+
+def save_lora(peft_model, tokenizer, result: TrainResult, config: TrainConfig, base: str,
+              settings: Settings | None = None) -> Path:
+    """Save the adapter (``save_pretrained``), the tokenizer and ``training.json`` atomically (05).
+
+    The folder holds only the adapter, not the base: ``training.json`` names the base it needs.
+    """
+    settings = settings or get_settings()
+    base_name = _base_name(base, settings)
+    peft_model.peft_config["default"].base_model_name_or_path = base_name  # no machine path in the adapter's config
+    target = lora_dir(settings)
+    building = temporary_folder_beside(target)
+    peft_model.save_pretrained(building, save_embedding_layers=False)  # LoRA never touches the embeddings; no hub check
+    tokenizer.save_pretrained(building)
+    lora = peft_model.peft_config["default"]
+    info = {"base_model": base_name, "mode": settings.mode, "r": lora.r, "alpha": lora.lora_alpha,
+            "targets": sorted(lora.target_modules), "config": asdict(config), "seconds": result.seconds,
+            "history": result.history}
+    (building / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return replace_folder(building, target)
+
+
+def lora_train_config(settings: Settings | None = None, **overrides) -> TrainConfig:
+    """04's training configuration (same steps, batch, schedule) at LoRA's larger learning rate (05)."""
+    settings = settings or get_settings()
+    return TrainConfig.from_settings(settings, **{"lr": settings.lr * LORA_LR_FACTOR, **overrides})
+
+
+def train_lora(settings: Settings | None = None, r: int = DEFAULT_R, alpha: float = DEFAULT_ALPHA,
+               progress: bool = True) -> Path:
+    """Train 05's adapter with ``peft`` on the prepared Shakespeare and save it (05's pipeline, in one call)."""
+    from peft import get_peft_model
+
+    from helpers.data import prepare
+    from helpers.models import load_model, load_tokenizer, resolve_model_source
+    from helpers.runtime import set_seed
+
+    settings = settings or get_settings()
+    data = prepare(settings=settings, progress=progress)
+    source = resolve_model_source(settings)
+    base, _ = load_model(source)
+    set_seed(settings.seed)  # the adapter's initial A
+    model = get_peft_model(base, lora_config(r, alpha))
+    config = lora_train_config(settings)
+    result = train(model, data.dataset("train").blocks, data.dataset("validation").blocks, config, progress=progress)
+    return save_lora(result.model, load_tokenizer(source), result, config, source.location, settings)
+
+
+def load_lora(settings: Settings | None = None, progress: bool = True):
+    """``(peft model, tokenizer, training_info)`` of 05's adapter on its base, training it first when missing.
+
+    An adapter made in another mode is retrained, so its base and sizes match this mode.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from helpers.models import load_model, resolve_model_source
+
+    settings = settings or get_settings()
+    folder = lora_dir(settings)
+    info_file = folder / TRAINING_INFO
+    source = resolve_model_source(settings)
+    base_name = _base_name(source.location, settings)
+    info = json.loads(info_file.read_text()) if info_file.is_file() else None
+    if info is None or info.get("mode") != settings.mode or info.get("base_model") != base_name:
+        why = ("it does not exist yet" if info is None else f"it was made in {info.get('mode')} mode"
+               if info.get("mode") != settings.mode else f"it was made for the base {info.get('base_model')}")
+        print(f"training the adapter first, because {display_path(folder, settings)} is needed and {why} "
+              "(the same call as notebook 05)")
+        train_lora(settings, progress=progress)
+        info = json.loads(info_file.read_text())
+    base, _ = load_model(source)
+    return PeftModel.from_pretrained(base, folder), AutoTokenizer.from_pretrained(folder), info
