@@ -310,7 +310,7 @@ def build_folder(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
     interrupt) inside the block deletes the temporary folder and leaves ``target`` as it
     was. See :func:`replace_folder` for ``overwrite`` and for what a crash leaves. Used by
     the data cache (02), checkpoints and the fine-tuned model (04), releases (07) and
-    registry versions (08).
+    registry versions (08), LoRA adapters (05), the student build (``tools.student``).
     """
     building = temporary_folder_beside(target)
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helpers.atomic import replace_folder, temporary_folder_beside
+from helpers.atomic import build_folder
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, causal_lm_loss, make_optimizer, train
 
@@ -202,15 +202,15 @@ def save_lora(peft_model, tokenizer, result: TrainResult, config: TrainConfig, b
     base_name = _base_name(base, settings)
     peft_model.peft_config["default"].base_model_name_or_path = base_name  # no machine path in the adapter's config
     target = lora_dir(settings)
-    building = temporary_folder_beside(target)
-    peft_model.save_pretrained(building, save_embedding_layers=False)  # LoRA never touches the embeddings; no hub check
-    tokenizer.save_pretrained(building)
     lora = peft_model.peft_config["default"]
     info = {"base_model": base_name, "mode": settings.mode, "r": lora.r, "alpha": lora.lora_alpha,
             "targets": sorted(lora.target_modules), "config": asdict(config), "seconds": result.seconds,
             "history": result.history}
-    (building / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    return replace_folder(building, target)
+    with build_folder(target) as building:
+        peft_model.save_pretrained(building, save_embedding_layers=False)  # LoRA never touches the embeddings; no hub check
+        tokenizer.save_pretrained(building)
+        (building / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return target
 
 
 def lora_train_config(settings: Settings | None = None, **overrides) -> TrainConfig:

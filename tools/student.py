@@ -26,13 +26,12 @@ import ast
 import copy
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import nbformat
 
-from helpers.atomic import replace_folder, temporary_folder_beside
+from helpers.atomic import build_folder
 from helpers.settings import get_settings
 from tools.course import notebook_paths
 
@@ -204,18 +203,13 @@ def build_student(notebooks_dir: Path | None = None, out_dir: Path | None = None
     if not sources:
         raise FileNotFoundError(f"no course notebooks (NN_*.ipynb) in {notebooks_dir}")
     built = {p.name for p in sources}
-    staging = temporary_folder_beside(out_dir)
-    try:
+    with build_folder(out_dir) as staging:
         for path in sources:
             nb = student_notebook(nbformat.read(path, as_version=4), path.name)
             for cell in nb.cells:
                 if cell.cell_type == "markdown":
                     cell.source = _relink(cell.source, notebooks_dir, out_dir, built)
             nbformat.write(nb, staging / path.name)
-        replace_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return [out_dir / p.name for p in sources]
 
 
