@@ -213,32 +213,42 @@ class _Service:
 
     async def stream(self, http: Request, job: EngineRequest, events: asyncio.Queue, shape: Shape,
                      include_usage: bool) -> AsyncIterator[bytes]:
-        """Server-sent events: a chunk per text piece, a last chunk with the finish reason, then ``[DONE]``."""
+        """Server-sent events: a chunk per text piece, a last chunk with the finish reason, then ``[DONE]``.
+
+        Events that piled up while the event loop was busy go out in one write (each still its own event).
+        """
         finished = False
         try:
             if shape.chat:
                 yield _event(shape.chunk("", role=True))
-            while True:
-                kind, item = await events.get()
-                if kind == "text":
-                    yield _event(shape.chunk(item))
-                    continue
-                try:
-                    self.raise_for(item)
-                except APIError as error:
-                    self.metrics.errors.labels(_endpoint(http.url.path), error.type).inc()
-                    yield _event(error.body())
-                else:
-                    yield _event(shape.chunk(None if shape.chat else "", item.finish_reason))
-                    if include_usage:
-                        yield _event(shape.usage_chunk(schema.usage(item.prompt_tokens, item.completion_tokens)))
-                finished = True
-                yield format_sse_event(data_str="[DONE]")
-                return
+            while not finished:
+                pending, out = [await events.get()], []
+                while not events.empty():
+                    pending.append(events.get_nowait())
+                for kind, item in pending:
+                    if kind == "text":
+                        out.append(_event(shape.chunk(item)))
+                    else:
+                        out += self._last_events(http, item, shape, include_usage)
+                        finished = True
+                yield b"".join(out)
         finally:
             if not finished:
                 job.cancel()
                 _log_gone(http, f"stopped {shape.id} after {job.completion_tokens} tokens of its stream")
+
+    def _last_events(self, http: Request, result: Result, shape: Shape, include_usage: bool) -> list[bytes]:
+        """The end of a stream: the finish reason (and usage) or the error, then ``[DONE]``."""
+        try:
+            self.raise_for(result)
+        except APIError as error:
+            self.metrics.errors.labels(_endpoint(http.url.path), error.type).inc()
+            out = [_event(error.body())]
+        else:
+            out = [_event(shape.chunk(None if shape.chat else "", result.finish_reason))]
+            if include_usage:
+                out.append(_event(shape.usage_chunk(schema.usage(result.prompt_tokens, result.completion_tokens))))
+        return [*out, format_sse_event(data_str="[DONE]")]
 
 
 def _event(data: dict) -> bytes:

@@ -105,9 +105,10 @@ class QueueFull(Exception):
 class TextStream:
     """Token ids in, text out: pieces never end in half a UTF-8 character, nor show the start of a stop sequence.
 
-    Decodes only the last few ids each time (vLLM's incremental detokenizer): ``_prefix:_read``
-    were decoded before, ``_prefix:`` now; the difference is new text once it no longer ends in
-    U+FFFD (a character whose bytes are still coming). ``text`` ends equal to decoding all ids.
+    Decodes only the last few ids each time (vLLM's incremental detokenizer): ``ids[_prefix:_read]``
+    gave ``_before`` last time, ``ids[_prefix:]`` gives more now; the difference is new text once
+    it no longer ends in U+FFFD (a character whose bytes are still coming). ``text`` ends equal to
+    decoding all ids.
     """
 
     def __init__(self, tokenizer, lock: threading.Lock, stop: tuple[str, ...] = ()):
@@ -116,18 +117,19 @@ class TextStream:
         self.ids: list[int] = []
         self.text, self.sent, self.stopped = "", 0, False
         self._prefix = self._read = 0
+        self._before = ""
 
     def _decode(self, ids: list[int]) -> str:
         with self.lock:
             return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _catch_up(self, final: bool) -> None:
-        before, after = self._decode(self.ids[self._prefix:self._read]), self._decode(self.ids[self._prefix:])
-        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+        after = self._decode(self.ids[self._prefix:])
+        if len(after) <= len(self._before) or (after.endswith("\ufffd") and not final):
             return
-        search_from = max(0, len(self.text) - self.holdback)
-        self.text += after[len(before):]
-        self._prefix, self._read = self._read, len(self.ids)
+        search_from, new = max(0, len(self.text) - self.holdback), after[len(self._before):]
+        self.text += new
+        self._prefix, self._read, self._before = self._read, len(self.ids), new  # _before == decode(ids[_prefix:_read])
         cuts = [i for i in (self.text.find(s, search_from) for s in self.stop) if i >= 0]
         if cuts:
             self.text, self.stopped = self.text[: min(cuts)], True
@@ -368,6 +370,7 @@ class Engine:
         self.metrics.prompt_tokens.inc(len(request.prompt_ids))
         self.metrics.time_to_first_token.observe(time.monotonic() - request.arrival)
         token = int(logits.argmax(-1)) if request.params.greedy else row.sample(logits)
+        self.metrics.generated_tokens.inc()
         if self._accept(row, token):
             self._batch.add(row, cache)
 
@@ -379,6 +382,7 @@ class Engine:
         mask = F.pad(batch.mask, (0, 1), value=1)
         logits = self._forward(input_ids, batch.cache, attention_mask=mask, position_ids=positions)
         batch.mask = mask
+        self.metrics.generated_tokens.inc(len(batch.rows))
         greedy = logits.argmax(-1).tolist()
         keep = []
         for i, row in enumerate(batch.rows):
@@ -393,7 +397,6 @@ class Engine:
         """Record a new token; False when the row is finished (and answered)."""
         request = row.request
         request.completion_tokens += 1
-        self.metrics.generated_tokens.inc()
         if token == self.eos_id:
             self._finish(request, row.text, "stop")
             return False
