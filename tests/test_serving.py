@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from helpers import serving
-from helpers.deployment import with_chat_template
+from helpers.deployment import CHAT_TEMPLATE, export_release, with_chat_template
 from helpers.models import tokenizer_dir
 from helpers.serving import ServingLimits, create_app, free_port, make_server
 from helpers.serving.engine import Request as EngineRequest
@@ -239,6 +239,15 @@ def test_chat_goes_through_the_release_chat_template(client, tokenizer):
     assert choice["message"]["content"] == complete(client, prompt=prompt, max_tokens=10)["choices"][0]["text"]
     parts = [{"role": "user", "content": [{"type": "text", "text": "Who goes "}, {"type": "text", "text": "there?"}]}]
     assert chat(client, messages=[MESSAGES[0], *parts], max_tokens=10)["choices"] == body["choices"]
+
+
+def test_a_release_carries_the_chat_template_and_says_so(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, n_positions=16))  # small: only files matter
+    release = export_release(model, tokenizer, tmp_path / "release")
+    assert tokenizer.chat_template is None  # the caller's tokenizer is not changed
+    assert AutoTokenizer.from_pretrained(release).chat_template == CHAT_TEMPLATE
+    assert "/v1/chat/completions" in (release / "README.md").read_text(encoding="utf-8")
 
 
 def test_chat_streams_chunks_with_a_role_first(client):
