@@ -29,7 +29,7 @@ SEQUENCE = 256  # prompt + new tokens in the cache vs no-cache row: the tiny bas
 def run() -> list[Comparison]:
     base = tiny_base_dir()
     if not (base / "config.json").is_file():
-        print(f"  skipping: {base} does not exist yet (scripts/pretrain_tiny_base.py writes it)")
+        print(f"  skipping: {base} does not exist yet (python -m tools.pretrain_tiny_base writes it)")
         return []
     hf = GPT2LMHeadModel.from_pretrained(base, config=with_fused_gelu(AutoConfig.from_pretrained(base)),
                                          dtype=torch.float32).eval()

@@ -260,6 +260,9 @@ def _usage_section(name: str) -> list[str]:
         "```",
         "",
         f"Serve it with an OpenAI-compatible API: `python -m helpers.serving --model {name}`.",
+        "Chat clients work too (`/v1/chat/completions`): the tokenizer carries a chat template "
+        "(`chat_template.jinja`; by default a play script with `USER.` and `ASSISTANT.` headings). The model is "
+        "not instruction-tuned, so its chat replies are poor.",
         f"`{MANIFEST_FILE}` lists every file with its SHA-256.",
         "",
     ]

@@ -87,7 +87,7 @@ def export_release(
         fp32.save_pretrained(staging)
         if not (staging / WEIGHTS_FILE).is_file():
             raise RuntimeError(f"save_pretrained did not write {WEIGHTS_FILE}; is this a transformers model?")
-        tokenizer.save_pretrained(staging)
+        with_chat_template(tokenizer).save_pretrained(staging)
         _release_generation_config(model, tokenizer, generation).save_pretrained(staging)
         (staging / CARD_FILE).write_text(
             model_card(model, eval_report, training_info, name=out_dir.name), encoding="utf-8"
@@ -390,3 +390,26 @@ def quantization_table(
             "perplexity": perplexity(model, eval_ids, context_len=context_len),
         })
     return rows
+
+
+# --------------------------------------------------------------------------- chat template
+
+# How chat messages become one prompt for a base model (notebook 07), the way vLLM serves base
+# models with ``--chat-template``: a play script, each turn under its speaker's name in capitals,
+# ending with the heading the model should continue. ``export_release`` stores it with the tokenizer.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}.\n{{ message['content'] | trim }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT.\n{% endif %}"
+)
+
+
+def with_chat_template(tokenizer):
+    """``tokenizer`` itself when it has a chat template, else a shallow copy carrying :data:`CHAT_TEMPLATE`.
+
+    Introduced in ``07_deployment.ipynb``; the caller's tokenizer is never changed.
+    """
+    if tokenizer.chat_template:
+        return tokenizer
+    templated = copy.copy(tokenizer)
+    templated.chat_template = CHAT_TEMPLATE
+    return templated

@@ -1,28 +1,39 @@
-"""serving: the OpenAI-compatible API, its limits, auth, streaming, concurrency and metrics.
+"""serving: the OpenAI-compatible API, its limits, auth, streaming, chat, disconnects and metrics.
 
 The reference for what the service generates is transformers' own ``model.generate`` on the
-same weights; the reference for the metrics format is ``prometheus_client``'s parser.
+same weights; for chat prompts, transformers' ``apply_chat_template``; for the metrics format,
+``prometheus_client``'s parser. Tests that need real sockets (a client that leaves, a client
+that is too slow) run uvicorn in a thread of this process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from helpers import serving
+from helpers.deployment import CHAT_TEMPLATE, export_release, with_chat_template
 from helpers.models import tokenizer_dir
-from helpers.serving import ServingLimits, create_app
+from helpers.serving import ServingLimits, create_app, free_port, make_server
+from helpers.serving.engine import Request as EngineRequest
+from helpers.serving.engine import SamplingParams
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MODEL = "tiny-release"  # the folder's name is the model id
 CONTEXT = 128
+WAIT_S = 60  # the longest any test here waits for the service
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +43,7 @@ def model_dir(tmp_path_factory):
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=CONTEXT)
     folder = tmp_path_factory.mktemp("serving") / MODEL
     GPT2LMHeadModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
+    with_chat_template(AutoTokenizer.from_pretrained(tokenizer_dir())).save_pretrained(folder)
     return folder
 
 
@@ -54,16 +65,22 @@ def tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def complete(client, **fields):
+def complete(client, path="/v1/completions", **fields):
     body = {"model": MODEL, "prompt": "To be, or not to be", "max_tokens": 8, "temperature": 0, **fields}
-    response = client.post("/v1/completions", headers=AUTH, json=body)
+    response = client.post(path, headers=AUTH, json={k: v for k, v in body.items() if v is not None})
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def stream(client, **fields) -> tuple[list[dict], list[str]]:
-    body = {"model": MODEL, "prompt": "To be, or not to be", "max_tokens": 8, "temperature": 0, "stream": True, **fields}
-    with client.stream("POST", "/v1/completions", headers=AUTH, json=body) as response:
+def chat(client, **fields):
+    return complete(client, "/v1/chat/completions", **{"prompt": None, **fields})
+
+
+def stream(client, path="/v1/completions", **fields) -> tuple[list[dict], list[str]]:
+    body = {"model": MODEL, "prompt": "To be, or not to be", "max_tokens": 8, "temperature": 0, "stream": True,
+            **fields}
+    body = {k: v for k, v in body.items() if v is not None}
+    with client.stream("POST", path, headers=AUTH, json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
@@ -89,6 +106,28 @@ def assert_openai_error(response, status: int, fragment: str, error_type: str = 
     return error
 
 
+def scrape(client_or_url, headers=AUTH) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if isinstance(client_or_url, str):
+        response = httpx.get(f"{client_or_url}/metrics", headers=headers, timeout=WAIT_S)
+    else:
+        response = client_or_url.get("/metrics", headers=headers)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def wait_for(condition, what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 # --------------------------------------------------------------------------- endpoints
 
 
@@ -107,6 +146,12 @@ def test_models_lists_the_release_by_folder_name(client):
     assert_openai_error(client.get("/v1/models/gpt-4", headers=AUTH), 404, "does not exist")
 
 
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_api_docs_are_off(client, path):
+    for headers in ({}, AUTH):
+        assert_openai_error(client.get(path, headers=headers), 404, "Unknown request URL")
+
+
 def test_completion_object_has_openai_shape(client):
     body = complete(client, max_tokens=5)
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
@@ -123,6 +168,12 @@ def test_greedy_text_equals_transformers_generate(client, reference, tokenizer):
     for prompt in ("To be, or not to be", "Hello world", "\u00c9t\u00e9 \u2014 caf\u00e9 \U0001f600"):
         body = complete(client, prompt=prompt, max_tokens=12)
         assert body["choices"][0]["text"] == reference_text(reference, tokenizer, prompt, 12, do_sample=False)
+
+
+def test_tiny_temperatures_are_greedy(client):
+    greedy = complete(client, max_tokens=10)["choices"][0]["text"]
+    for temperature in (1e-38, 1e-9):
+        assert complete(client, max_tokens=10, temperature=temperature, seed=3)["choices"][0]["text"] == greedy
 
 
 def test_prompt_may_be_a_list_of_one_string(client):
@@ -172,24 +223,58 @@ def test_stream_can_report_usage(client):
     assert chunks[-1]["usage"]["completion_tokens"] == 4
 
 
-def feed(tokenizer, text: str, stop: list[str]) -> tuple[list[str], serving._TextEmitter]:
-    pieces: list[str] = []
-    emitter = serving._TextEmitter(tokenizer, threading.Lock(), stop, pieces.append)
-    emitter.put(torch.tensor([[0]]))  # generate() hands over the prompt first
-    for token in tokenizer(text).input_ids:
-        emitter.put(torch.tensor([token]))
-    emitter.end()
-    return pieces, emitter
+# --------------------------------------------------------------------------- chat
+
+MESSAGES = [{"role": "system", "content": "You answer in verse."}, {"role": "user", "content": "Who goes there?"}]
 
 
-def test_streamed_pieces_never_split_a_character_or_leak_a_stop(tokenizer):
-    text = "caf\u00e9 \U0001f600\U0001f600 \u65e5\u672c"  # multi-byte characters split over several BPE tokens
-    assert len(tokenizer(text).input_ids) > len(text.split())
-    pieces, emitter = feed(tokenizer, text, [])
-    assert "".join(pieces) == emitter.text == text
-    assert not any("\ufffd" in piece for piece in pieces)
-    pieces, emitter = feed(tokenizer, "Hello world, hello there", ["lo wo", "never"])
-    assert "".join(pieces) == emitter.text == "Hel" and emitter.stopped
+def test_chat_goes_through_the_release_chat_template(client, tokenizer):
+    body = chat(client, messages=MESSAGES, max_tokens=10)
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    (choice,) = body["choices"]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    prompt = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("ASSISTANT.\n")
+    assert body["usage"]["prompt_tokens"] == len(tokenizer(prompt).input_ids)
+    assert choice["message"]["content"] == complete(client, prompt=prompt, max_tokens=10)["choices"][0]["text"]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Who goes "}, {"type": "text", "text": "there?"}]}]
+    assert chat(client, messages=[MESSAGES[0], *parts], max_tokens=10)["choices"] == body["choices"]
+
+
+def test_a_release_carries_the_chat_template_and_says_so(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, n_positions=16))  # small: only files matter
+    release = export_release(model, tokenizer, tmp_path / "release")
+    assert tokenizer.chat_template is None  # the caller's tokenizer is not changed
+    assert AutoTokenizer.from_pretrained(release).chat_template == CHAT_TEMPLATE
+    assert "/v1/chat/completions" in (release / "README.md").read_text(encoding="utf-8")
+
+
+def test_chat_streams_chunks_with_a_role_first(client):
+    chunks, payloads = stream(client, "/v1/chat/completions", prompt=None, messages=MESSAGES, max_tokens=12,
+                              stream_options={"include_usage": True})
+    assert payloads[-1] == "[DONE]"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    assert text == chat(client, messages=MESSAGES, max_tokens=12)["choices"][0]["message"]["content"]
+
+
+def test_chat_without_a_template_says_how_to_get_one(tmp_path, model_dir):
+    bare = tmp_path / "bare"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, n_positions=32)).save_pretrained(bare)
+    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(bare)
+    body = {"model": "bare", "messages": MESSAGES, "max_tokens": 2}
+    with TestClient(create_app(bare, device="cpu")) as plain:
+        assert_openai_error(plain.post("/v1/chat/completions", json=body), 400, "--chat-template FILE")
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}", encoding="utf-8")
+    with TestClient(create_app(bare, device="cpu", chat_template=str(template))) as templated:
+        response = templated.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
 
 
 # --------------------------------------------------------------------------- auth
@@ -211,11 +296,11 @@ def test_endpoints_need_the_right_key(client, path, headers, fragment):
     assert client.get(path, headers=AUTH).status_code == 200
 
 
-def test_completions_need_the_key(client):
-    body = {"model": MODEL, "prompt": "Hi"}
-    assert_openai_error(client.post("/v1/completions", json=body), 401, "didn't provide an API key")
-    assert_openai_error(client.post("/v1/completions", json=body, headers={"Authorization": "Bearer x"}), 401,
-                        "Incorrect API key")
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_generation_needs_the_key(client, path):
+    body = {"model": MODEL, "prompt": "Hi", "messages": MESSAGES}
+    assert_openai_error(client.post(path, json=body), 401, "didn't provide an API key")
+    assert_openai_error(client.post(path, json=body, headers={"Authorization": "Bearer x"}), 401, "Incorrect API key")
 
 
 def test_without_a_key_everything_is_open(model_dir):
@@ -227,13 +312,20 @@ def test_without_a_key_everything_is_open(model_dir):
 # --------------------------------------------------------------------------- bad input
 
 GOOD = {"model": MODEL, "prompt": "Hello", "max_tokens": 4}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
 BAD_INPUTS = [
     # (id, raw body or JSON-able dict, status, message fragment)
-    ("malformed-json", b'{"model": "tiny-release", "prompt": ', 400, "not valid JSON"),
+    ("malformed-json", b'{"model": "tiny-release", "prompt": ', 400, "not valid JSON: Expecting value: line 1"),
+    ("unterminated-string", b'{"prompt": "Hello', 400, "Unterminated string starting at: line 1 column 12"),
     ("not-an-object", b"[1, 2, 3]", 400, "must be a JSON object"),
     ("empty-body", b"", 400, "request body is empty"),
     ("invalid-utf8", b'{"model": "tiny-release", "prompt": "\xff\xfe caf\xe9"}', 400, "not valid UTF-8"),
     ("nan", b'{"model": "tiny-release", "prompt": "x", "temperature": NaN}', 400, "NaN is not valid JSON"),
+    ("lone-surrogate-prompt", b'{"model": "tiny-release", "prompt": "a\\ud800b"}', 400,
+     "prompt holds a lone UTF-16 surrogate ('\\ud800' at character 1)"),
+    ("lone-surrogate-model", b'{"model": "\\udfff", "prompt": "x"}', 400, "model holds a lone UTF-16 surrogate"),
+    ("lone-surrogate-stop", b'{"model": "tiny-release", "prompt": "x", "stop": ["\\ud83d"]}', 400,
+     "stop.0 holds a lone UTF-16 surrogate"),
     ("missing-model", {"prompt": "x"}, 400, "must provide a model parameter"),
     ("missing-prompt", {"model": MODEL}, 400, "must provide a prompt parameter"),
     ("prompt-number", {**GOOD, "prompt": 42}, 400, "prompt must be a string"),
@@ -267,18 +359,43 @@ BAD_INPUTS = [
     ("stream-options-alone", {**GOOD, "stream_options": {"include_usage": True}}, 400, "only allowed with stream"),
     ("unknown-model", {**GOOD, "model": "gpt-4"}, 404, "The model `gpt-4` does not exist"),
 ]
+BAD_CHATS = [
+    ("chat-no-messages", {**CHAT, "messages": []}, 400, "messages: List should have at least 1 item"),
+    ("chat-messages-string", {**CHAT, "messages": "Hello"}, 400, "messages: Input should be a valid list"),
+    ("chat-unknown-role", {**CHAT, "messages": [{"role": "tool", "content": "x"}]}, 400,
+     "messages.0.role: Input should be 'system', 'developer', 'user' or 'assistant'"),
+    ("chat-content-number", {**CHAT, "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
+    ("chat-image-part", {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     400, "messages.0.content"),
+    ("chat-prompt-field", {**CHAT, "prompt": "x"}, 400, "Unrecognized request argument supplied: prompt"),
+    ("chat-lone-surrogate", b'{"model": "tiny-release", "messages": [{"role": "user", "content": "\\ud800"}]}', 400,
+     "messages.0.content holds a lone UTF-16 surrogate"),
+    ("chat-too-long", {**CHAT, "messages": [{"role": "user", "content": " the" * 130}]}, 400,
+     "maximum context length is 128 tokens"),
+    ("chat-max-completion-tokens-huge", {**CHAT, "max_completion_tokens": 10**6}, 400, "limit of 256"),
+]
+
+
+def post_raw_or_json(client, path: str, body):
+    if isinstance(body, bytes):
+        return client.post(path, headers={**AUTH, "Content-Type": "application/json"}, content=body)
+    return client.post(path, headers=AUTH, json=body)
 
 
 @pytest.mark.parametrize(("body", "status", "fragment"), [case[1:] for case in BAD_INPUTS],
                          ids=[case[0] for case in BAD_INPUTS])
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(client, body, status, fragment):
-    if isinstance(body, bytes):
-        response = client.post("/v1/completions", headers={**AUTH, "Content-Type": "application/json"}, content=body)
-    else:
-        response = client.post("/v1/completions", headers=AUTH, json=body)
-    assert_openai_error(response, status, fragment)
+    assert_openai_error(post_raw_or_json(client, "/v1/completions", body), status, fragment)
     good = client.post("/v1/completions", headers=AUTH, json=GOOD)
     assert good.status_code == 200 and good.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [case[1:] for case in BAD_CHATS],
+                         ids=[case[0] for case in BAD_CHATS])
+def test_bad_chat_input_gets_a_clear_4xx_and_the_server_keeps_serving(client, body, status, fragment):
+    assert_openai_error(post_raw_or_json(client, "/v1/chat/completions", body), status, fragment)
+    good = client.post("/v1/chat/completions", headers=AUTH, json=CHAT)
+    assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"] is not None
 
 
 def test_body_cap_is_checked_before_parsing(client):
@@ -291,6 +408,33 @@ def test_body_cap_is_checked_before_parsing(client):
 def test_unknown_path_and_wrong_method_answer_in_openai_shape(client):
     assert_openai_error(client.get("/v1/chat", headers=AUTH), 404, "Unknown request URL: GET /v1/chat")
     assert_openai_error(client.get("/v1/completions", headers=AUTH), 405, "Method GET is not allowed")
+
+
+def test_an_unexpected_error_is_a_json_500_and_the_server_keeps_serving(client, monkeypatch, caplog):
+    engine = client.app.state.engine
+    encode = engine.encode
+    monkeypatch.setattr(engine, "encode", lambda text: 1 / 0)
+    with caplog.at_level(logging.ERROR, logger="helpers.serving"):
+        error = assert_openai_error(client.post("/v1/completions", headers=AUTH, json=GOOD), 500,
+                                    "the server failed on this request", error_type="server_error")
+    assert error["code"] == "internal_error"
+    assert "ZeroDivisionError" in caplog.text  # the log keeps the traceback for whoever fixes it
+    monkeypatch.setattr(engine, "encode", encode)
+    assert client.post("/v1/completions", headers=AUTH, json=GOOD).status_code == 200
+
+
+def test_a_failed_generation_step_is_a_json_500_and_the_engine_keeps_going(client, monkeypatch):
+    engine = client.app.state.engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(engine, "_forward", broken)
+    error = assert_openai_error(client.post("/v1/completions", headers=AUTH, json=GOOD), 500,
+                                "generation failed on the server", error_type="server_error")
+    assert error["code"] == "generation_failed"
+    monkeypatch.undo()
+    assert client.post("/v1/completions", headers=AUTH, json=GOOD).status_code == 200
 
 
 # --------------------------------------------------------------------------- limits and concurrency
@@ -309,21 +453,38 @@ def test_generation_timeout_is_a_504_and_the_server_recovers(model_dir):
         assert json.loads(payloads[-2])["error"]["code"] == "generation_timeout"
         assert slow.get("/health").json()["queued"] == 0
         engine = slow.app.state.engine
-    assert engine.executor is None  # the lifespan shut the worker thread down
+    assert engine._thread is not None and not engine._thread.is_alive()  # the lifespan stopped the engine
 
 
-def test_a_full_queue_answers_503(model_dir):
-    app = create_app(model_dir, limits=ServingLimits(max_queued=1), device="cpu")
-    engine, release = app.state.engine, threading.Event()
-    engine._generate = lambda job: release.wait(10)  # hold the model so the queue stays full
-    with TestClient(app) as busy:
-        held = engine.submit(serving._Job([1], 1, 0.0, 1.0, [], None, threading.Event()))
-        try:
-            response = busy.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+@contextmanager
+def engine_held(engine, prompt_ids: list[int]):
+    """A request that holds the engine's thread (its text callback blocks) until the block ends."""
+    release, started = threading.Event(), threading.Event()
+
+    def deliver(kind, item):
+        if kind == "text":
+            started.set()
+            release.wait(WAIT_S)
+
+    held = EngineRequest(prompt_ids, SamplingParams(max_tokens=100, temperature=0.0), WAIT_S, deliver, stream=True)
+    engine.submit(held)
+    assert started.wait(WAIT_S)
+    try:
+        yield held
+    finally:
+        held.cancel()
+        release.set()
+
+
+def test_a_full_queue_answers_503_with_retry_after(model_dir):
+    app = create_app(model_dir, limits=ServingLimits(max_batch_size=1, max_queued=0), device="cpu")
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+    with TestClient(app) as client:
+        with engine_held(app.state.engine, [15496]):
+            response = client.post("/v1/completions", json=body)
             assert_openai_error(response, 503, "the server is busy", error_type="server_error")
-        finally:
-            release.set()
-            held.result(timeout=10)
+            assert response.headers["retry-after"] == "1"
+        assert client.post("/v1/completions", json=body).status_code == 200
 
 
 def test_sixteen_concurrent_requests_all_succeed_with_their_own_seed(client):
@@ -343,18 +504,6 @@ def test_sixteen_concurrent_requests_all_succeed_with_their_own_seed(client):
 # --------------------------------------------------------------------------- metrics
 
 
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    response = client.get("/metrics", headers=AUTH)
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
 def test_metrics_parse_as_prometheus_and_move(client):
     endpoint = ("endpoint", "/v1/completions")
     ok = ("course_requests_total", (endpoint, ("status", "200")))
@@ -363,6 +512,7 @@ def test_metrics_parse_as_prometheus_and_move(client):
     count = ("course_request_duration_seconds_count", (endpoint,))
     inf = ("course_request_duration_seconds_bucket", (endpoint, ("le", "+Inf")))
     tokens = ("course_generated_tokens_total", ())
+    first_token = ("course_time_to_first_token_seconds_count", ())
     before = scrape(client)
     generated = complete(client, max_tokens=5)["usage"]["completion_tokens"]
     client.post("/v1/completions", headers=AUTH, json={**GOOD, "max_tokens": 0})
@@ -372,13 +522,104 @@ def test_metrics_parse_as_prometheus_and_move(client):
     assert after[errors] == before.get(errors, 0) + 1
     assert after[count] == before.get(count, 0) + 2 == after[inf]
     assert after[tokens] == before.get(tokens, 0) + generated
+    assert after[first_token] == before.get(first_token, 0) + 1
+    assert after[("course_queue_depth", ())] == 0 and after[("course_batch_size", ())] == 0
     buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in after.items()
                      if name == "course_request_duration_seconds_bucket" and dict(labels)["endpoint"] == endpoint[1])
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
     assert after[("course_model_info", (("model", MODEL),))] == 1
 
 
-# --------------------------------------------------------------------------- setup errors
+# --------------------------------------------------------------------------- real sockets: clients that leave or dawdle
+
+SLOW_LIMITS = ServingLimits(header_timeout_s=0.5, body_timeout_s=0.5)
+
+
+@pytest.fixture
+def live(model_dir):
+    """uvicorn in a thread, serving an app whose model takes 20 ms a step (so a client can leave mid-way)."""
+    app = create_app(model_dir, limits=SLOW_LIMITS, device="cpu")
+    engine, forward = app.state.engine, app.state.engine._forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.02)
+        return forward(*args, **kwargs)
+
+    engine._forward = slow_forward
+    port = free_port()
+    server = make_server(app, SLOW_LIMITS, port=port, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, "uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_S)
+
+
+def assert_left_within_one_step(url: str, app, caplog) -> None:
+    engine = app.state.engine
+    wait_for(lambda: engine.running == 0 and engine.waiting == 0, "the abandoned row to leave")
+    metrics = scrape(url, headers={})
+    assert metrics[("course_cancelled_requests_total", ())] == 1
+    assert metrics[("course_abandoned_tokens_total", ())] <= 1  # tokens generated after the client had gone
+    assert metrics[("course_generated_tokens_total", ())] < 100  # it did not run to max_tokens
+    gone = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].exc_info is None, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert httpx.get(f"{url}/health", timeout=WAIT_S).json()["status"] == "ok"
+
+
+def test_a_client_that_leaves_a_plain_request_frees_its_row(live, caplog):
+    url, app = live
+    caplog.set_level(logging.INFO, logger="helpers.serving")
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 100}).encode()
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=WAIT_S) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: app.state.engine.metrics.registry.get_sample_value("course_generated_tokens_total") >= 3,
+                 "the first tokens")
+    assert_left_within_one_step(url, app, caplog)
+    wait_for(lambda: scrape(url, headers={}).get(
+        ("course_requests_total", (("endpoint", "/v1/completions"), ("status", "499")))) == 1, "the 499 count")
+
+
+def test_a_client_that_leaves_a_stream_frees_its_row(live, caplog):
+    url, app = live
+    caplog.set_level(logging.INFO, logger="helpers.serving")
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 100, "stream": True}
+    with httpx.Client(timeout=WAIT_S) as http, http.stream("POST", f"{url}/v1/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert [next(lines) for _ in range(3)][0].startswith("data: ")
+    assert_left_within_one_step(url, app, caplog)
+
+
+def test_slow_headers_are_cut_off_and_the_server_keeps_serving(live):
+    url, _ = live
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=WAIT_S) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\n")  # and then nothing
+        start = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - start < WAIT_S
+    assert httpx.get(f"{url}/health", timeout=WAIT_S).status_code == 200
+
+
+def test_a_slow_body_gets_408_and_the_server_keeps_serving(live):
+    url, _ = live
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=WAIT_S) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\": ")  # 10 of the 100 bytes promised
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert httpx.get(f"{url}/health", timeout=WAIT_S).status_code == 200
+
+
+# --------------------------------------------------------------------------- setup and command-line errors
 
 
 def test_setup_errors_name_the_problem(tmp_path, model_dir):
@@ -392,27 +633,37 @@ def test_setup_errors_name_the_problem(tmp_path, model_dir):
         ServingLimits(max_tokens_cap=0)
     with pytest.raises(ValueError, match="int8 dynamic quantization runs on the CPU only"):
         create_app(model_dir, device="cuda", int8=True)
+    with pytest.raises(FileNotFoundError, match="neither a file nor a Jinja template"):
+        create_app(model_dir, chat_template="no-such-template.jinja")
 
 
-def test_command_line_reports_a_bad_model_folder(tmp_path, capsys):
-    assert serving.main(["--model", str(tmp_path / "nope")]) == 2
-    assert "no config.json" in capsys.readouterr().err
+def one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
 
 
-def test_int8_serving_answers(model_dir):
-    with TestClient(create_app(model_dir, int8=True)) as int8_client:
-        response = int8_client.post("/v1/completions", json={**GOOD, "temperature": 0})
-        assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] >= 1
+def test_command_line_mistakes_are_one_clear_line(tmp_path, capsys, model_dir):
+    err = one_line_error(capsys, ["--model", str(model_dir), "--port", "70000"])
+    assert "argument --port: 70000 is out of range: use 1 to 65535" in err
+    assert "is not a whole number" in one_line_error(capsys, ["--model", str(model_dir), "--max-batch-size", "x"])
+    assert "required: --model" in one_line_error(capsys, [])
+    assert serving.main(["--model", str(tmp_path / "nope"), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and err.count("\n") == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert serving.main(["--model", str(model_dir), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and err.count("\n") == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_serving_on_cuda_matches_generate_on_cuda(model_dir, tokenizer):
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
-    with TestClient(create_app(model_dir, device="cuda")) as cuda_client:
-        response = cuda_client.post("/v1/completions", json={**GOOD, "max_tokens": 8, "temperature": 0})
-    ids = tokenizer("Hello", return_tensors="pt").input_ids.to("cuda")
-    with torch.no_grad():
-        out = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)
-    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    assert response.json()["choices"][0]["text"] == expected
+def test_help_describes_the_service(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--max-batch-size" in capsys.readouterr().out

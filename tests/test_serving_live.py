@@ -1,4 +1,5 @@
-"""serving, for real: ``python -m helpers.serving`` under uvicorn, driven by the official ``openai`` client."""
+"""serving, for real: ``python -m helpers.serving`` under uvicorn, on a release written by
+``export_release``, driven by the official ``openai`` client (completions and chat, plain and streamed)."""
 
 from __future__ import annotations
 
@@ -7,38 +8,47 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from helpers.deployment import export_release
 from helpers.models import tokenizer_dir
 from helpers.serving import start_background
 
 openai = pytest.importorskip("openai")
 
 KEY = "live-test-key"
+MESSAGES = [{"role": "user", "content": "Who is there?"}]
 
 
-def test_official_openai_client_against_the_real_server(tmp_path):
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
     torch.manual_seed(0)
-    folder = tmp_path / "tiny-live"
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
-    server = start_background(folder, api_key=KEY, extra_args=["--device", "cpu"])  # key via COURSE_API_KEY
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128))  # small: a live server in seconds
+    return export_release(model, AutoTokenizer.from_pretrained(tokenizer_dir()),
+                          tmp_path_factory.mktemp("live") / "tiny-live")
+
+
+def greedy_reference(folder, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), ids.shape[1]
+
+
+@pytest.mark.slow
+def test_official_openai_client_against_the_real_server(release):
+    server = start_background(release, api_key=KEY, extra_args=["--device", "cpu"])  # key via COURSE_API_KEY
     url = server.url
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
-
         assert [m.id for m in client.models.list().data] == ["tiny-live"]
 
         prompt = "To be, or not to be"
+        expected, prompt_tokens = greedy_reference(release, prompt, 10)
         completion = client.completions.create(model="tiny-live", prompt=prompt, max_tokens=10, temperature=0)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        reference = AutoModelForCausalLM.from_pretrained(folder).eval()
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
-                                     pad_token_id=tokenizer.eos_token_id)
-        expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         assert completion.choices[0].text == expected
-        assert completion.usage.prompt_tokens == ids.shape[1]
-
+        assert completion.usage.prompt_tokens == prompt_tokens
         chunks = list(client.completions.create(model="tiny-live", prompt=prompt, max_tokens=10, temperature=0,
                                                 stream=True))
         assert len(chunks) > 2
@@ -59,3 +69,24 @@ def test_official_openai_client_against_the_real_server(tmp_path):
     assert "Application shutdown complete" in output  # the lifespan's clean-up ran
     with pytest.raises(httpx.TransportError):  # nothing listens any more: no server left behind
         httpx.get(f"{url}/health", timeout=1)
+
+
+@pytest.mark.slow
+def test_official_openai_client_chats_through_the_release_template(release):
+    prompt = AutoTokenizer.from_pretrained(release).apply_chat_template(MESSAGES, tokenize=False,
+                                                                        add_generation_prompt=True)
+    expected, prompt_tokens = greedy_reference(release, prompt, 12)
+    with start_background(release, api_key=KEY, extra_args=["--device", "cpu"]) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="tiny-live", messages=MESSAGES, max_tokens=12, temperature=0)
+        assert reply.object == "chat.completion"
+        assert reply.choices[0].message.role == "assistant"
+        assert reply.choices[0].message.content == expected
+        assert reply.usage.prompt_tokens == prompt_tokens
+        chunks = list(client.chat.completions.create(model="tiny-live", messages=MESSAGES, max_tokens=12,
+                                                     temperature=0, stream=True))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.BadRequestError, match="maximum context length"):
+            client.chat.completions.create(model="tiny-live", messages=[{"role": "user", "content": " the" * 200}])

@@ -30,6 +30,7 @@ ENTRIES = {  # module: the arguments it requires, so that only the unknown flag 
     "tools.export": [],
     "bench": [],
     "helpers.training": ["--out", "never-written"],
+    "helpers.serving": ["--model", "never-read"],
 }
 # One fresh interpreter runs every entry as `python -m` would (runpy, as __main__, with sys.argv
 # set), twice each: torch and transformers are imported once instead of fourteen times.
