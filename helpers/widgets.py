@@ -76,7 +76,9 @@ def learning_rate_explorer(
 
     lr_slider.observe(redraw, names="value")
     steps_slider.observe(redraw, names="value")
-    return ipywidgets.HBox([lr_slider, steps_slider])
+    sliders = ipywidgets.HBox([lr_slider, steps_slider])
+    sliders.add_class("learning-rate-explorer")  # a name for the page's element (tests/test_browser.py finds it)
+    return sliders
 
 
 # --- 06_evaluation.ipynb -------------------------------------------------------------------
