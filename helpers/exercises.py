@@ -8,8 +8,8 @@ with the same core, :func:`_check`. Each check prints one of:
 * ``⏳ not done yet`` while the answer is still ``None`` or ``...`` (the workshop build
   replaces the solutions with ``answer = None  # TODO``).
 
-The references are computed here with plain NumPy (or :mod:`helpers.by_hand`), or taken from PyTorch and
-transformers (03's checks), never typed in.
+The references are computed here (with PyTorch, transformers, tokenizers or the course's own tested
+helpers), never typed in.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from helpers import by_hand
 from helpers.data import EOS_ID, luhn_valid, pack_documents, to_blocks
 
 CORRECT = "✅ correct"
@@ -72,6 +71,120 @@ def _check(name: str, answer, expected, hint: str, atol: float = 1e-6) -> str:
         return "wrong"
 
 
+# --- 00_setup.ipynb ------------------------------------------------------------------------
+
+TOKEN_EXERCISE_WORD = "Claudius"
+_PRECISION_CASES = (  # (device type, CUDA compute capability, CPU has native bf16)
+    ("cuda", (8, 0), False), ("cuda", (9, 0), False), ("cuda", (7, 5), True), ("cuda", (6, 1), False),
+    ("cpu", None, True), ("cpu", None, False), ("mps", None, False),
+)
+_MODE_CASES = (  # (COURSE_MODE value, CUDA available)
+    (None, True), (None, False), ("", True), ("   ", False), ("smoke", True), ("cpu", True), (" GPU ", False),
+)
+_BAD_MODES = ("turbo", "cpu-mode")
+
+
+def _not_done(name: str, fn) -> bool:
+    """Print the "not done yet" line and return True while ``fn`` is still ``None`` or ``...``."""
+    if fn is None or fn is Ellipsis:
+        print(f"{NOT_DONE}: {name}")
+        return True
+    if not callable(fn):
+        print(f"{WRONG}: {name}: the answer should be a function (def ...), not a {type(fn).__name__}")
+        return True
+    return False
+
+
+def check_pick_precision(fn: Callable | None) -> None:
+    """Exercise 1 of ``00_setup.ipynb``: ``fn(device_type, capability, cpu_has_bf16)`` returns
+    ``"bf16"``, ``"fp16"`` or ``"fp32"``, compared with :func:`helpers.runtime.precision_policy`."""
+    import torch
+
+    from helpers.runtime import precision_policy
+
+    name = "the precision policy"
+    if _not_done(name, fn):
+        return
+    for device_type, capability, cpu_bf16 in _PRECISION_CASES:
+        policy = precision_policy(torch.device(device_type), capability, cpu_bf16)
+        expected = {"no": "fp32"}.get(policy.accelerate_name, policy.accelerate_name)
+        case = f"device {device_type!r}, capability {capability}, CPU bf16 {cpu_bf16}"
+        try:
+            got = fn(device_type, capability, cpu_bf16)
+        except Exception as error:  # a learner's bug must not stop the notebook
+            print(f"{WRONG}: {name}: your function raised {type(error).__name__}: {error} for {case}. "
+                  "Hint: capability is None for a CPU or Apple's mps; look at it only for cuda.")
+            return
+        if got != expected:
+            print(f"{WRONG}: {name}: for {case} you said {got!r}, the course uses {expected!r}. Hint: CUDA from "
+                  "compute capability 8.0 up: bf16; older CUDA: fp16 (with a grad scaler); CPU: bf16 only with "
+                  "native bf16, never fp16; anything else: fp32.")
+            return
+    print(f"{CORRECT}: {name}: your function agrees with precision_policy on all {len(_PRECISION_CASES)} machines")
+
+
+def check_pick_mode(fn: Callable | None) -> None:
+    """Exercise 2 of ``00_setup.ipynb``: ``fn(value, cuda_available)`` is the course's mode rule,
+    compared with :func:`helpers.settings.resolve_mode` (CUDA's availability pinned for each case)."""
+    from unittest import mock
+
+    from helpers import settings
+
+    name = "the mode rule"
+    if _not_done(name, fn):
+        return
+    for value, cuda in _MODE_CASES:
+        with mock.patch.object(settings, "_cuda_available", return_value=cuda):
+            expected = settings.resolve_mode(value)
+        try:
+            got = fn(value, cuda)
+        except Exception as error:  # a learner's bug must not stop the notebook
+            print(f"{WRONG}: {name}: COURSE_MODE={value!r} with CUDA {cuda} raised {type(error).__name__}: {error}. "
+                  "Hint: None or a blank value means 'pick for me'; strip spaces and lower the case first.")
+            return
+        if got != expected:
+            print(f"{WRONG}: {name}: COURSE_MODE={value!r} with CUDA {cuda}: you said {got!r}, the course picks "
+                  f"{expected!r}. Hint: unset or blank picks gpu when CUDA is available, else cpu.")
+            return
+    for value in _BAD_MODES:
+        try:
+            got = fn(value, False)
+        except ValueError as error:
+            if not all(mode in str(error) for mode in settings.VALID_MODES):
+                print(f"{WRONG}: {name}: the error for {value!r} says {str(error)!r}. Hint: an error should say what "
+                      f"to do: name the valid modes ({', '.join(settings.VALID_MODES)}).")
+                return
+            continue
+        except Exception as error:
+            print(f"{WRONG}: {name}: COURSE_MODE={value!r} raised {type(error).__name__}, not ValueError. "
+                  "Hint: raise ValueError(...) with a message that names the valid modes.")
+            return
+        print(f"{WRONG}: {name}: COURSE_MODE={value!r} returned {got!r}. Hint: a mode that does not exist is an "
+              "error (raise ValueError), never a silent guess.")
+        return
+    print(f"{CORRECT}: {name}: your function agrees with resolve_mode on {len(_MODE_CASES)} values and rejects "
+          f"{len(_BAD_MODES)} bad ones with an error that names the modes")
+
+
+def check_token_count(answer) -> None:
+    """Exercise 3 of ``00_setup.ipynb``: tokens of ``" Claudius"`` (with its leading space) and of
+    ``"Claudius"``, as ``[with, without]``, counted by transformers' GPT-2 tokenizer from ``data/``."""
+    from transformers import AutoTokenizer
+
+    from helpers.settings import REPO_ROOT
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "data" / "tokenizer" / "gpt2")
+    expected = [len(tokenizer(text)["input_ids"]) for text in (" " + TOKEN_EXERCISE_WORD, TOKEN_EXERCISE_WORD)]
+    _check(
+        f"tokens of ' {TOKEN_EXERCISE_WORD}' and '{TOKEN_EXERCISE_WORD}'",
+        answer,
+        expected,
+        f"count tokenizer(' {TOKEN_EXERCISE_WORD}').input_ids and tokenizer('{TOKEN_EXERCISE_WORD}').input_ids; "
+        "the leading space belongs to the word.",
+        atol=0.5,
+    )
+
+
 # --- 01_mse_and_gradient_descent.ipynb -----------------------------------------------------
 
 MSE_EXERCISE_Y = (2.0, 7.0, 1.0, 8.0, 2.0, 8.0)
@@ -118,13 +231,24 @@ def check_largest_stable_lr(answer) -> None:
     )
 
 
+def _cross_entropy_reference() -> tuple[float, np.ndarray]:
+    """``F.cross_entropy`` of the exercise's logits and target, and its gradient from ``torch.autograd``."""
+    import torch
+    import torch.nn.functional as F
+
+    z = torch.tensor(CE_EXERCISE_LOGITS, dtype=torch.float64, requires_grad=True)
+    loss = F.cross_entropy(z[None], torch.tensor([CE_EXERCISE_TARGET]))
+    loss.backward()
+    return loss.item(), z.grad.numpy()
+
+
 def check_cross_entropy(answer) -> None:
     """Cross-entropy (natural log) of ``CE_EXERCISE_LOGITS`` with target id ``CE_EXERCISE_TARGET`` (a number)."""
-    z = np.array(CE_EXERCISE_LOGITS)
+    loss, _ = _cross_entropy_reference()
     _check(
         "cross-entropy of one next-token prediction",
         answer,
-        by_hand.cross_entropy(z, [CE_EXERCISE_TARGET]),
+        loss,
         "softmax the logits (exp, then divide by the sum), take the probability of the target id, "
         "then −log of it (natural log).",
         atol=1e-4,
@@ -133,14 +257,59 @@ def check_cross_entropy(answer) -> None:
 
 def check_cross_entropy_grad(answer) -> None:
     """Gradient of that cross-entropy with respect to the 5 logits (shape (5,))."""
-    z = np.array(CE_EXERCISE_LOGITS)
+    _, grad = _cross_entropy_reference()
     _check(
         "gradient of the cross-entropy wrt the logits",
         answer,
-        by_hand.cross_entropy_grad(z, [CE_EXERCISE_TARGET]),
+        grad,
         "the gradient is softmax(z) − onehot(target): every probability, minus 1 at the target id.",
         atol=1e-4,
     )
+
+
+_LINEAR_BACKWARD_SHAPES = ((1, 1, 1), (4, 3, 2), (7, 5, 1), (16, 8, 8))  # (N, D_in, D_out)
+
+
+def check_linear_backward(fn: Callable | None) -> None:
+    """Exercise 6 of ``01_mse_and_gradient_descent.ipynb``: the backward pass of a linear layer.
+
+    ``fn(x, W, grad_out)`` returns ``(grad_x, grad_W, grad_b)`` for ``out = x @ W + b``; compared
+    with ``torch.autograd`` on random inputs of several shapes.
+    """
+    import torch
+
+    name = "backward pass of a linear layer"
+    if _not_done(name, fn):
+        return
+    hint = ("each input's gradient has that input's shape: grad_x = grad_out @ W.T, grad_W = x.T @ grad_out, "
+            "grad_b = grad_out summed over the examples (axis 0).")
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n, d_in, d_out in _LINEAR_BACKWARD_SHAPES:
+        x, W, b, grad_out = (rng.normal(size=shape) for shape in ((n, d_in), (d_in, d_out), (d_out,), (n, d_out)))
+        tensors = [torch.tensor(a, requires_grad=True) for a in (x, W, b)]
+        (tensors[0] @ tensors[1] + tensors[2]).backward(torch.tensor(grad_out))
+        try:
+            got = fn(x.copy(), W.copy(), grad_out.copy())
+            arrays = [np.asarray(g, dtype=np.float64) for g in got]
+        except Exception as error:  # a learner's bug must not stop the notebook
+            print(f"{WRONG}: {name}: with x {x.shape}, W {W.shape} your function raised {type(error).__name__}: "
+                  f"{error}. Hint: {hint}")
+            return
+        if len(arrays) != 3:
+            print(f"{WRONG}: {name}: return three arrays (grad_x, grad_W, grad_b), not {len(arrays)}. Hint: {hint}")
+            return
+        for label, ours, tensor in zip(("grad_x", "grad_W", "grad_b"), arrays, tensors, strict=True):
+            reference = tensor.grad.numpy()
+            if ours.shape != reference.shape:
+                print(f"{WRONG}: {name}: {label} should have shape {reference.shape}, got {ours.shape}. Hint: {hint}")
+                return
+            off_by = float(np.max(np.abs(ours - reference)))
+            if off_by > 1e-8:
+                print(f"{WRONG}: {name}: {label} is off by up to {off_by:.3g} with x {x.shape}, W {W.shape}. Hint: {hint}")
+                return
+            worst = max(worst, off_by)
+    print(f"{CORRECT}: {name} (max |difference| from torch.autograd over {len(_LINEAR_BACKWARD_SHAPES)} shapes: {worst:.1e})")
 
 
 # --- 02_data_preparation.ipynb -----------------------------------------------------------
@@ -362,6 +531,72 @@ def check_kv_update(fn: Callable | None) -> None:
                 return
     print(f"{CORRECT}: the same keys and values as transformers' DynamicCache after {step + 1} steps "
           f"({expected_k.shape[2]} positions)")
+
+_SPEECH = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+           "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles")
+_DEDUP_CASES = (  # (texts, min_chars): clean paragraphs, one blank line between them
+    ([f"HAMLET.\n\n{_SPEECH}\n\nHam.\n\n[Exit.]", f"Famous lines.\n\n{_SPEECH}\n\nHam."], 100),
+    ([f"{_SPEECH}\n\nExeunt.\n\n{_SPEECH}"], 100),  # a repeat inside one text
+    ([f"{_SPEECH}\n\nExeunt.", f"{_SPEECH}\n\nExeunt."[::-1]], 100),  # reversed: not a repeat
+    (["Exeunt.\n\nExeunt.", "Exeunt."], 5),  # long enough at min_chars = 5: removed
+    (["Exeunt.\n\nExeunt.", "Exeunt.\n\nFlourish."], 200),  # too short to be checked: kept
+)
+MERGES_EXERCISE_TEXT = " Rosencrantz and Guildenstern are dead"
+MERGES_EXERCISE_LIMIT = 1_000
+
+
+def check_dedupe(fn: Callable | None) -> None:
+    """Exercise 3 of ``02_data_preparation.ipynb``: paragraph de-duplication written by hand.
+
+    ``fn(texts, min_chars)`` returns the texts with every paragraph of at least ``min_chars``
+    characters that already occurred (earlier in the same text or in an earlier one) removed;
+    compared with :func:`helpers.data.deduplicate` on small corpora.
+    """
+    from helpers.data import Document, deduplicate
+
+    name = "paragraph de-duplication"
+    if _not_done(name, fn):
+        return
+    hint = ("split each text at blank lines (text.split('\\n\\n')), keep a set of the long paragraphs seen so "
+            "far, drop a long paragraph already in it, join the rest with '\\n\\n'.")
+    for texts, min_chars in _DEDUP_CASES:
+        documents = [Document(f"doc{i}", text, source_sha256="") for i, text in enumerate(texts)]
+        expected = [d.text for d in deduplicate(documents, min_chars)[0]]
+        try:
+            got = list(fn(list(texts), min_chars))
+        except Exception as error:  # a learner's bug must not stop the notebook
+            print(f"{WRONG}: {name}: your function raised {type(error).__name__}: {error}. Hint: {hint}")
+            return
+        if got != expected:
+            print(f"{WRONG}: {name}: for {texts!r} with min_chars={min_chars}\n  expected {expected!r}\n  got      "
+                  f"{got!r}\nHint: {hint}")
+            return
+    print(f"{CORRECT}: {name}: your function agrees with data.deduplicate on all {len(_DEDUP_CASES)} corpora")
+
+
+def check_truncated_merges(answer) -> None:
+    """Exercise 4 of ``02_data_preparation.ipynb``: how many tokens ``MERGES_EXERCISE_TEXT`` takes when
+    only GPT-2's first ``MERGES_EXERCISE_LIMIT`` merges are allowed, counted by the ``tokenizers`` library."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from helpers.settings import REPO_ROOT
+
+    folder = REPO_ROOT / "data" / "tokenizer" / "gpt2"
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]  # line 0 is a version comment
+    merges = [tuple(line.split()) for line in lines[:MERGES_EXERCISE_LIMIT]]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    _check(
+        f"tokens with the first {MERGES_EXERCISE_LIMIT:,} merges",
+        answer,
+        len(tokenizer.encode(MERGES_EXERCISE_TEXT).ids),
+        f"keep the ranks below {MERGES_EXERCISE_LIMIT} ({{pair: r for pair, r in ranks.items() if r < "
+        f"{MERGES_EXERCISE_LIMIT}}}) and encode the text with them; every pre-token is encoded on its own.",
+        atol=0.5,
+    )
 
 
 # --- 04_finetuning_gpt2.ipynb --------------------------------------------------------------

@@ -6,15 +6,13 @@ else on a new figure, and returns the figure. Nothing here calls ``plt.show()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
-
-from helpers import by_hand
 
 DPI = 100
 
@@ -26,27 +24,30 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def plot_quadratic_trajectories(
+def plot_descent_paths(
     trajectories: Mapping[str, np.ndarray],
     title: str,
+    loss_fn: Callable[[np.ndarray], np.ndarray],
+    minimum: Sequence[float],
     ax: Axes | None = None,
     limits: tuple[float, float, float, float] = (-1.5, 3.5, -1.0, 5.0),
 ) -> Figure:
-    """Contours of J(w) = (w1−1)² + (w2−2)² with one gradient-descent path per label.
+    """Contours of a two-parameter loss with one gradient-descent path per label.
 
-    ``trajectories`` maps a label (e.g. ``"α = 0.1"``) to an array of shape (steps + 1, 2).
-    ``limits`` = (w1 min, w1 max, w2 min, w2 max); a diverging path leaves the frame, which
-    is the point.
+    ``loss_fn`` takes an array whose last axis holds ``(w1, w2)`` and returns the loss for each
+    point (notebook 01's ``J``); ``minimum`` is marked with a star. ``trajectories`` maps a label
+    (e.g. ``"α = 0.1"``) to an array of shape (steps + 1, 2). ``limits`` = (w1 min, w1 max,
+    w2 min, w2 max); a diverging path leaves the frame, which is the point.
 
     Introduced in ``01_mse_and_gradient_descent.ipynb``.
     """
     fig, ax = _axes(ax, (5.5, 5.0))
     x0, x1, y0, y1 = limits
     w1, w2 = np.meshgrid(np.linspace(x0, x1, 120), np.linspace(y0, y1, 120))
-    J = (w1 - by_hand.QUADRATIC_MINIMUM[0]) ** 2 + (w2 - by_hand.QUADRATIC_MINIMUM[1]) ** 2
-    contours = ax.contour(w1, w2, J, levels=[0.05, 0.25, 0.5, 1, 2, 4, 8, 16], colors="0.7", linewidths=0.8)
+    contours = ax.contour(w1, w2, loss_fn(np.stack([w1, w2], axis=-1)), levels=[0.05, 0.25, 0.5, 1, 2, 4, 8, 16],
+                          colors="0.7", linewidths=0.8)
     ax.clabel(contours, fontsize=7, fmt="%g")
-    ax.plot(*by_hand.QUADRATIC_MINIMUM, marker="*", color="black", markersize=12, linestyle="none", label="minimum")
+    ax.plot(*minimum, marker="*", color="black", markersize=12, linestyle="none", label="minimum")
     for label, path in trajectories.items():
         path = np.asarray(path)
         ax.plot(path[:, 0], path[:, 1], marker="o", markersize=3.5, linewidth=1.2, label=label)

@@ -6,9 +6,12 @@ same thing beside the widget, so nothing is lost.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+from collections.abc import Callable, Sequence
 
-from helpers import by_hand, plots
+import matplotlib.pyplot as plt
+import numpy as np
+
+from helpers import plots
 
 
 def describe_learning_rate(lr: float) -> str:
@@ -30,35 +33,52 @@ def describe_learning_rate(lr: float) -> str:
     return f"factor {factor:+.2f}: diverges, each step overshoots further"
 
 
-def learning_rate_explorer(lr: float = 0.1, num_steps: int = 10, theta0: tuple[float, float] = (0.0, 0.0)):
-    """Sliders for the learning rate α and the number of steps that redraw gradient descent on J.
+def learning_rate_explorer(
+    gradient_descent: Callable,
+    grad_fn: Callable[[np.ndarray], np.ndarray],
+    loss_fn: Callable[[np.ndarray], np.ndarray],
+    minimum: Sequence[float],
+    lr: float = 0.1,
+    num_steps: int = 10,
+    theta0: tuple[float, float] = (0.0, 0.0),
+):
+    """Sliders for the learning rate α and the number of steps that redraw *your* gradient descent.
 
-    Returns an ``ipywidgets.interactive`` (display it as a cell's last value). Without
-    ipywidgets it draws the figure for ``lr`` and ``num_steps`` once and returns ``None``.
+    ``gradient_descent(grad_fn, theta0, lr, num_steps)`` is the function notebook 01 writes, run
+    on the two-parameter loss ``loss_fn`` whose contours and ``minimum`` are drawn as in
+    :func:`helpers.plots.plot_descent_paths`. The figure of the starting state (``lr``,
+    ``num_steps``) is an ordinary output of the cell, so a reader without a live kernel (GitHub,
+    nbviewer) sees it; moving a slider redraws that same figure in place. Returns the sliders
+    (display them as the cell's last value), or ``None`` when ipywidgets is not installed.
 
     Introduced in ``01_mse_and_gradient_descent.ipynb``.
     """
     from IPython.display import display
 
-    def draw(lr: float, num_steps: int) -> None:
-        path = by_hand.gradient_descent(by_hand.quadratic_grad, theta0, lr=lr, num_steps=num_steps)
-        fig = plots.plot_quadratic_trajectories(
-            {f"α = {lr:.2f}, {num_steps} steps": path}, title=f"α = {lr:.2f}: {describe_learning_rate(lr)}"
-        )
-        fig.set_size_inches(5.5, 4.6)
-        display(fig)
-        plt.close(fig)  # shown once, inside the widget; not again at the end of the cell
-        print(f"J(θ_{num_steps}) = {by_hand.quadratic(path[-1]):.3g}")
+    def figure(lr: float, num_steps: int):
+        path = gradient_descent(grad_fn, np.asarray(theta0, dtype=np.float64), lr=lr, num_steps=num_steps)
+        title = f"α = {lr:.2f}, {num_steps} steps: J = {float(loss_fn(path[-1])):.3g}\n{describe_learning_rate(lr)}"
+        fig = plots.plot_descent_paths({f"α = {lr:.2f}": path}, title, loss_fn, minimum)
+        plt.close(fig)  # shown once, through the display handle, not again at the end of the cell
+        return fig
 
+    handle = display(figure(lr, num_steps), display_id=True)
     try:
         import ipywidgets
     except ImportError:
-        print("ipywidgets is not installed (pip install ipywidgets); a static figure instead:")
-        draw(lr, num_steps)
+        print("ipywidgets is not installed (pip install ipywidgets): the figure above stays as it is")
         return None
     lr_slider = ipywidgets.FloatSlider(value=lr, min=0.01, max=1.1, step=0.01, description="α", readout_format=".2f")
     steps_slider = ipywidgets.IntSlider(value=num_steps, min=1, max=40, description="steps")
-    return ipywidgets.interactive(draw, lr=lr_slider, num_steps=steps_slider)
+
+    def redraw(_change=None) -> None:
+        handle.update(figure(lr_slider.value, steps_slider.value))
+
+    lr_slider.observe(redraw, names="value")
+    steps_slider.observe(redraw, names="value")
+    sliders = ipywidgets.HBox([lr_slider, steps_slider])
+    sliders.add_class("learning-rate-explorer")  # a name for the page's element (tests/test_browser.py finds it)
+    return sliders
 
 
 # --- 06_evaluation.ipynb -------------------------------------------------------------------

@@ -97,6 +97,22 @@ def test_measured_minutes_go_into_the_metadata_and_the_map(tmp_path):
     assert "| 1 / 2 / 9 |" in course_map_markdown(notebooks).splitlines()[2]
 
 
+def test_reading_minutes_go_into_the_title_line_and_the_map(tmp_path):
+    notebooks, executed = tmp_path / "notebooks", tmp_path / "executed"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · a\n\n**Estimated time**: old words")])
+    nb.metadata["course"] = {"title": "a", "objectives": ["x"], "prerequisites": [], "reading_minutes": 45,
+                             "minutes": {"smoke": 1, "cpu": 3, "gpu": 2}}
+    nbformat.write(nb, notebooks / "01_a.ipynb")
+
+    merge_measured_minutes(notebooks, executed)
+
+    line = _read(notebooks / "01_a.ipynb").cells[0].source.splitlines()[-1]
+    assert line == ("**Estimated time**: 45 min of reading and exercises; "
+                    "compute 1 min in `smoke` mode · 3 min in `cpu` mode · 2 min in `gpu` mode")
+    assert course_map_markdown(notebooks).splitlines()[2].endswith("| 45 | 1 / 3 / 2 |")
+
+
 def test_unreadable_timings_are_a_clear_error(tmp_path):
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "timings.json").write_text("{not json")
@@ -122,6 +138,8 @@ def test_course_metadata_is_complete(path):
     minutes = meta.get("minutes")
     assert isinstance(minutes, dict) and set(minutes) == set(VALID_MODES), f"{path.name}: minutes per mode {VALID_MODES}"
     assert all(isinstance(m, int) and m > 0 for m in minutes.values()), f"{path.name}: minutes must be whole numbers > 0"
+    reading = meta.get("reading_minutes", 1)  # reading and exercises: each notebook's teacher adds it
+    assert isinstance(reading, int) and reading > 0, f"{path.name}: course.reading_minutes must be a whole number > 0"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -144,6 +162,8 @@ def test_title_cell_says_objectives_prerequisites_and_time(path):
     estimate = text.split("Estimated time", 1)[1].split("\n\n", 1)[0]
     numbers = {int(n) for n in re.findall(r"\b(\d+)\b", estimate)}
     stale = {mode: m for mode, m in meta.get("minutes", {}).items() if m not in numbers}
+    if "reading_minutes" in meta and meta["reading_minutes"] not in numbers:
+        stale["reading and exercises"] = meta["reading_minutes"]
     assert not stale, f"{path.name}: the title cell's estimated time does not mention the metadata's minutes {stale}"
 
 

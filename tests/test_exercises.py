@@ -1,12 +1,14 @@
 """helpers.exercises: right answers pass, wrong ones get a hint, unfinished ones say so; nothing raises.
 
-References here come from torch, not from the module under test. The last tests run notebook 01's
-solution cells, and the workshop stubs a build makes of them (``answer = None  # TODO``).
+References here come from torch, transformers and tokenizers, not from the module under test. The last
+tests run the solution cells of notebooks 00, 01 and 02, and the workshop stubs a build makes of them
+(``answer = None  # TODO``).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 
 import nbformat
@@ -16,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers import exercises
-from helpers.settings import REPO_ROOT
-
-NOTEBOOK_01 = REPO_ROOT / "notebooks" / "01_mse_and_gradient_descent.ipynb"
+from helpers.settings import REPO_ROOT, get_settings
+from tests.notebook_code import notebook_definitions
+from tools.student import stub_source
 
 LOGITS = torch.tensor(exercises.CE_EXERCISE_LOGITS, dtype=torch.float64)
 TARGET = exercises.CE_EXERCISE_TARGET
@@ -32,6 +34,27 @@ def _ce_reference() -> tuple[float, np.ndarray]:
 
 
 CE_VALUE, CE_GRAD = _ce_reference()
+
+
+@functools.cache
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(REPO_ROOT / "data" / "tokenizer" / "gpt2")
+
+
+@functools.cache
+def _notebook_02() -> dict:
+    constants = {"tokenizer_dir", "vocab", "merge_lines", "ranks", "byte_to_char", "PRETOKENIZE"}
+    return notebook_definitions("02_data_preparation.ipynb", constants, namespace={"settings": get_settings()})
+
+
+WORD = exercises.TOKEN_EXERCISE_WORD
+TOKENS_RIGHT = [len(_tokenizer()(" " + WORD)["input_ids"]), len(_tokenizer()(WORD)["input_ids"])]
+LIMIT = exercises.MERGES_EXERCISE_LIMIT
+MERGES_RIGHT = len(_notebook_02()["encode"](  # the notebook's hand-written BPE; the check uses the tokenizers library
+    exercises.MERGES_EXERCISE_TEXT, {pair: rank for pair, rank in _notebook_02()["ranks"].items() if rank < LIMIT}
+))
 # (check, a right answer computed independently, a wrong answer of the right shape)
 CASES = [
     (
@@ -43,6 +66,8 @@ CASES = [
     (exercises.check_largest_stable_lr, 1.0, 0.5),
     (exercises.check_cross_entropy, CE_VALUE, -math.log10(torch.softmax(LOGITS, 0)[TARGET].item())),
     (exercises.check_cross_entropy_grad, CE_GRAD, -CE_GRAD),
+    (exercises.check_token_count, [float(n) for n in TOKENS_RIGHT], TOKENS_RIGHT[::-1]),  # swapped: the space is not free
+    (exercises.check_truncated_merges, float(MERGES_RIGHT), len(_tokenizer()(exercises.MERGES_EXERCISE_TEXT)["input_ids"])),
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -109,32 +134,118 @@ def test_core_check_survives_an_answer_that_breaks_on_use(capsys):
     assert "a hint" in capsys.readouterr().out
 
 
-# --- the notebook's exercises -------------------------------------------------------------------
+# --- exercises that ask for a function -------------------------------------------------------------
 
 
-def _solution_cells() -> list[str]:
-    nb = nbformat.read(NOTEBOOK_01, as_version=4)
+def _precision(device_type, capability, cpu_has_bf16):
+    if device_type == "cuda":
+        return "bf16" if capability[0] >= 8 else "fp16"
+    return "bf16" if device_type == "cpu" and cpu_has_bf16 else "fp32"
+
+
+def _mode(value, cuda_available):
+    if value is None or value.strip() == "":
+        return "gpu" if cuda_available else "cpu"
+    if value.strip().lower() not in ("smoke", "cpu", "gpu"):
+        raise ValueError("not a mode: use smoke, cpu or gpu")
+    return value.strip().lower()
+
+
+def _linear_backward_by_autograd(x, W, grad_out):
+    x_t, W_t = torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True)
+    b_t = torch.zeros(W.shape[1], dtype=torch.float64, requires_grad=True)
+    (x_t @ W_t + b_t).backward(torch.tensor(grad_out))
+    return x_t.grad.numpy(), W_t.grad.numpy(), b_t.grad.numpy()
+
+
+def _dedupe(texts, min_chars):
+    seen, out = set(), []
+    for text in texts:
+        paragraphs = text.split("\n\n")
+        keep = [p for i, p in enumerate(paragraphs) if len(p) < min_chars or (p not in seen and p not in paragraphs[:i])]
+        seen.update(p for p in paragraphs if len(p) >= min_chars)
+        out.append("\n\n".join(keep))
+    return out
+
+
+# (check, a right function written here independently, a wrong one)
+FUNCTION_CASES = [
+    (exercises.check_pick_precision, _precision, lambda d, c, b: "fp16" if d == "cpu" else _precision(d, c, b)),
+    (exercises.check_pick_mode, _mode, lambda value, cuda: (value or "cpu").strip().lower()),  # accepts anything
+    (exercises.check_pick_mode, _mode, lambda value, cuda: "cpu" if not value else _mode(value, cuda)),  # ignores CUDA
+    (exercises.check_linear_backward, _linear_backward_by_autograd, lambda x, W, g: (g @ W.T, x.T @ g, g.sum(axis=1))),
+    (exercises.check_linear_backward, _linear_backward_by_autograd, lambda x, W, g: (g @ W.T, x.T @ g)),
+    (exercises.check_dedupe, _dedupe, lambda texts, min_chars: texts),
+]
+FUNCTION_IDS = [f"{case[0].__name__}-{i}" for i, case in enumerate(FUNCTION_CASES)]
+
+
+@pytest.mark.parametrize(("check", "right", "wrong"), FUNCTION_CASES, ids=FUNCTION_IDS)
+def test_function_exercises_pass_the_right_function_and_hint_at_a_wrong_one(check, right, wrong, capsys):
+    check(right)
+    assert capsys.readouterr().out.startswith(exercises.CORRECT)
+    check(wrong)
+    out = capsys.readouterr().out
+    assert out.startswith(exercises.WRONG) and "Hint:" in out
+
+
+@pytest.mark.parametrize("check", sorted({case[0] for case in FUNCTION_CASES}, key=lambda f: f.__name__))
+def test_function_exercises_survive_unfinished_broken_and_non_functions(check, capsys):
+    check(None)
+    assert capsys.readouterr().out.startswith(exercises.NOT_DONE)
+    check(42)
+    assert capsys.readouterr().out.startswith(exercises.WRONG)
+    check(lambda *args: 1 / 0)
+    out = capsys.readouterr().out
+    assert out.startswith(exercises.WRONG) and "ZeroDivisionError" in out
+
+
+def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
+    def silent_error(value, cuda):
+        if value and value.strip() and value.strip().lower() not in ("smoke", "cpu", "gpu"):
+            raise ValueError("bad value")
+        return _mode(value, cuda)
+
+    exercises.check_pick_mode(silent_error)
+    out = capsys.readouterr().out
+    assert out.startswith(exercises.WRONG) and "name the valid modes" in out
+
+
+# --- the notebooks' exercises -------------------------------------------------------------------
+
+# What each notebook's earlier cells give its solution cells, besides the checks it imports.
+NOTEBOOK_NAMES = {
+    "00_setup.ipynb": lambda: {"tokenizer": _tokenizer()},
+    "01_mse_and_gradient_descent.ipynb": lambda: {"np": np},
+    "02_data_preparation.ipynb": lambda: dict(_notebook_02()),
+}
+
+
+def _solution_cells(notebook: str) -> list[str]:
+    nb = nbformat.read(REPO_ROOT / "notebooks" / notebook, as_version=4)
     return [cell.source for cell in nb.cells if "solution" in cell.metadata.get("tags", [])]
 
 
-def _namespace() -> dict:
+def _namespace(notebook: str) -> dict:
     names = {name: getattr(exercises, name) for name in dir(exercises) if name.startswith("check_")}
-    return {"np": np, **names}
+    return {**NOTEBOOK_NAMES[notebook](), **names}
 
 
-def test_notebook_solution_cells_end_with_a_check_of_answer():
-    cells = _solution_cells()
-    assert len(cells) >= 4
+@pytest.mark.parametrize("notebook", NOTEBOOK_NAMES)
+def test_notebook_has_three_checked_exercises_each_ending_with_its_check(notebook):
+    cells = _solution_cells(notebook)
+    assert len(cells) >= 3, f"{notebook} has {len(cells)} checked exercises; the course asks for at least 3"
     for source in cells:
         last = ast.parse(source).body[-1]
         assert isinstance(last, ast.Expr) and isinstance(last.value, ast.Call), source
-        assert last.value.func.id.startswith("check_") and [a.id for a in last.value.args] == ["answer"], source
+        assert last.value.func.id.startswith("check_") and isinstance(last.value.args[0], ast.Name), source
 
 
-def test_notebook_solutions_are_correct_and_stubs_are_not_done(capsys):
-    for source in _solution_cells():
-        exec(source, _namespace())
+@pytest.mark.parametrize("notebook", NOTEBOOK_NAMES)
+def test_notebook_solutions_are_correct_and_stubs_are_not_done(notebook, capsys):
+    for source in _solution_cells(notebook):
+        exec(source, _namespace(notebook))
         assert capsys.readouterr().out.startswith(exercises.CORRECT), source
-        stub = "answer = None  # TODO\n" + source.strip().splitlines()[-1]
-        exec(stub, _namespace())
+        stub = stub_source(source, "your answer")  # what the workshop build puts in its place
+        exec(stub, _namespace(notebook))
         assert capsys.readouterr().out.startswith(exercises.NOT_DONE), stub

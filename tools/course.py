@@ -173,8 +173,8 @@ def run_course(paths: list[Path], timeout_per_cell: int = 1800, in_place: bool =
 def course_map_markdown(notebooks_dir: Path | None = None) -> str:
     """The README's course map, generated from each notebook's ``course`` metadata block."""
     lines = [
-        "| notebook | what you learn | prerequisites | minutes (smoke / cpu / gpu) |",
-        "|---|---|---|---|",
+        "| notebook | what you learn | prerequisites | reading and exercises (min) | compute minutes (smoke / cpu / gpu) |",
+        "|---|---|---|---|---|",
     ]
     for path in notebook_paths(notebooks_dir):
         meta = nbformat.read(path, as_version=4).metadata.get("course", {})
@@ -182,7 +182,8 @@ def course_map_markdown(notebooks_dir: Path | None = None) -> str:
         prerequisites = ", ".join(meta.get("prerequisites", [])) or "none"
         minutes = meta.get("minutes", {})
         times = " / ".join(str(minutes.get(mode, "?")) for mode in ("smoke", "cpu", "gpu"))
-        lines.append(f"| [`{path.name}`](notebooks/{path.name}) | {objectives} | {prerequisites} | {times} |")
+        reading = meta.get("reading_minutes", "?")
+        lines.append(f"| [`{path.name}`](notebooks/{path.name}) | {objectives} | {prerequisites} | {reading} | {times} |")
     return "\n".join(lines)
 
 
@@ -231,7 +232,8 @@ def merge_measured_minutes(notebooks_dir: Path | None = None, executed_dir: Path
         minutes = nb.metadata.setdefault("course", {}).setdefault("minutes", {})
         minutes.update(measured.get(path.name, {}))
         if nb.cells:
-            nb.cells[0].source = with_estimated_time(nb.cells[0].source, minutes)
+            reading = nb.metadata["course"].get("reading_minutes")
+            nb.cells[0].source = with_estimated_time(nb.cells[0].source, minutes, reading)
         if nb.cells or path.name in measured:
             new_text = nbformat.writes(nb) + "\n"
             if new_text != path.read_text(encoding="utf-8"):
@@ -239,18 +241,25 @@ def merge_measured_minutes(notebooks_dir: Path | None = None, executed_dir: Path
     return measured
 
 
-def estimated_time_line(minutes: dict) -> str:
-    """The title cell's time line, from the ``course.minutes`` metadata (``make map`` keeps them equal)."""
-    return "**Estimated time**: " + " · ".join(f"{minutes.get(mode, '?')} min in `{mode}` mode" for mode in VALID_MODES)
+def estimated_time_line(minutes: dict, reading_minutes: int | None = None) -> str:
+    """The title cell's time line, from the ``course.minutes`` and ``course.reading_minutes`` metadata.
+
+    Reading and exercises (a learner's time) come first, when known, then the compute minutes per
+    mode (the machine's time); ``make map`` keeps the line and the metadata equal.
+    """
+    compute = " · ".join(f"{minutes.get(mode, '?')} min in `{mode}` mode" for mode in VALID_MODES)
+    if reading_minutes is None:
+        return "**Estimated time**: " + compute
+    return f"**Estimated time**: {reading_minutes} min of reading and exercises; compute {compute}"
 
 
-def with_estimated_time(title_source: str, minutes: dict) -> str:
+def with_estimated_time(title_source: str, minutes: dict, reading_minutes: int | None = None) -> str:
     """``title_source`` with its ``**Estimated time**`` line (from that marker to the line's end) restated."""
     lines = title_source.split("\n")
     for index, line in enumerate(lines):
         if "**Estimated time**" in line:
             prefix = line.split("**Estimated time**", 1)[0].rstrip()
-            lines[index] = estimated_time_line(minutes)
+            lines[index] = estimated_time_line(minutes, reading_minutes)
             if prefix:
                 lines[index:index] = [prefix]
             return "\n".join(lines)
