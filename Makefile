@@ -6,29 +6,33 @@
 #   make download pre-fetch GPT-2 (124M) into the local Hugging Face cache for an offline workshop
 #   make student  the workshop build: notebooks with the solutions stubbed out, in build/student/
 #   make map      merge the minutes `make course` measured into the notebooks, regenerate the README's course map
+#   make outputs NB="03 05"   execute those notebooks in cpu mode, in place: the outputs to commit
+#   make constraints          pin the installed versions (after `make test` passed) into constraints.txt
 
 PYTHON_BOOT ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 # torch first, pinned to the CPU build these machines carry; elsewhere: make test TORCH_SPEC='torch>=2.2'
 TORCH_SPEC  ?= torch==2.13.0
+# the exact versions the tests passed with; `make setup CONSTRAINTS=` installs the newest that pyproject.toml allows
+CONSTRAINTS ?= constraints.txt
 STAMP       := $(VENV)/.installed
 
-.PHONY: course test lab bench download setup clean student map
+.PHONY: course test lab bench download setup clean student map outputs constraints
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[serve,dev]"
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[serve,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m helpers.course $(if $(FROM),--from $(FROM))
+	$(PY) -m tools.course $(if $(FROM),--from $(FROM))
 
 test: $(STAMP)
 	COURSE_MODE=smoke HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest
@@ -43,10 +47,17 @@ download: $(STAMP)
 	$(PY) -c "from helpers.models import prefetch_gpt2; print(prefetch_gpt2())"
 
 student: $(STAMP)
-	$(PY) -m helpers.student
+	$(PY) -m tools.student
 
 map: $(STAMP)
-	$(PY) -m helpers.course --minutes --map
+	$(PY) -m tools.course --minutes --map
+
+outputs: $(STAMP)
+	@test -n "$(NB)" || { echo 'name the notebooks to re-run, e.g. make outputs NB="03 05"'; exit 2; }
+	COURSE_MODE=cpu $(PY) -m tools.course --in-place $(NB)
+
+constraints: $(STAMP)
+	$(PY) -m tools.constraints
 
 clean:
 	rm -rf artifacts build

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 import sys
@@ -15,16 +16,32 @@ def discover(names: list[str]) -> list[str]:
     return [m for m in modules if not names or any(n in m for n in names)]
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    modules = discover([])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=f"{bench.__doc__}\nbenchmarks: {', '.join(modules)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="run only the benchmarks whose module name contains NAME (e.g. training); default: all")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if not discover([n])]
+    if unknown:
+        parser.error(f"no benchmark module matches {', '.join(unknown)}; choose from {', '.join(modules)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows = []
-    for module_name in discover(argv):
+    for module_name in discover(args.names):
         start = time.perf_counter()
         print(f"running {module_name} ...", flush=True)
         module = importlib.import_module(f"bench.{module_name}")
         rows += module.run()
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     if not rows:
-        print("no benchmarks found")
+        print("no benchmark produced a row (each said why above)")
         return 0
     header = ("benchmark", "baseline", "candidate", "ratio", "target")
     table = [
@@ -39,4 +56,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

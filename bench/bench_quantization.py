@@ -62,7 +62,7 @@ def run() -> list[Comparison]:
         del model
         gc.collect()
     else:
-        print(f"  skipping the tiny base: {base} does not exist yet (scripts/pretrain_tiny_base.py writes it)")
+        print(f"  skipping the tiny base: {base} does not exist yet (python -m tools.pretrain_tiny_base writes it)")
     torch.manual_seed(0)
     gpt2_small = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 small's shapes, random weights
     rows += compare_variants("GPT-2 small shape (random)", gpt2_small, tokenizer, None)

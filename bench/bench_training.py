@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +142,3 @@ def run() -> list[Comparison]:
         rows.append(bench_memory_reuse())
     return rows
 
-
-if __name__ == "__main__":
-    start = time.perf_counter()
-    for row in run():
-        print(row, f"ratio {row.ratio:.3f}")
-    print(f"{time.perf_counter() - start:.0f} s")

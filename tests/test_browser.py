@@ -8,7 +8,8 @@ typing into its readout, and checks the plot redraws. Saves a screenshot to
 Needs Debian's ``chromium`` and the ``playwright`` package (no browser download: Playwright
 drives the system Chromium through ``executable_path``). Locally the test is skipped, with
 the reason, when either is missing; in CI (``CI=true``) it fails instead, so it cannot
-silently stop running there. ``.ci/run`` installs both.
+silently stop running there. ``.ci/run`` installs both. Marked ``slow``: ``pytest -m "not slow"``
+leaves it out of the quick local loop; ``make test`` and CI run it.
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def _run_all_and_move_alpha(page, url: str) -> dict:
     return seen
 
 
+@pytest.mark.slow
 def test_learning_rate_widget_renders_and_responds(tmp_path):
     chromium = _chromium()
     try:

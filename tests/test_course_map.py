@@ -15,14 +15,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.course import (
+from helpers.settings import VALID_MODES, get_settings
+from tools.course import (
     MAP_END,
     MAP_START,
     course_map_markdown,
     merge_measured_minutes,
     notebook_paths,
 )
-from helpers.settings import VALID_MODES, get_settings
 
 ROOT = get_settings().repo_root
 NOTEBOOKS = notebook_paths()

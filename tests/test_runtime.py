@@ -83,30 +83,3 @@ def test_environment_report_names_the_essentials():
     for key in ("python", "torch", "transformers", "mode", "device", "precision", "model source"):
         assert report[key]
     assert report["mode"] == "smoke"
-
-
-@pytest.mark.skipif(runtime._glibc() is None, reason="needs glibc (Linux)")
-def test_reuse_freed_memory_stops_refaulting_large_blocks():
-    """A training-like step frees its 100 MB logits and their gradient. By default glibc hands
-    them back to the OS, so the next step faults every page in again; inside the block the
-    freed memory is reused. Page faults are counted by the kernel."""
-    import resource
-
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from helpers.training import causal_lm_loss
-
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64))
-    batch = torch.randint(0, model.config.vocab_size, (8, 64))
-
-    def page_faults_of_one_step() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        causal_lm_loss(model(batch).logits, batch).backward()
-        model.zero_grad(set_to_none=True)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    with runtime.reuse_freed_memory():
-        reusing = [page_faults_of_one_step() for _ in range(6)]  # the first steps grow the heap
-    default = [page_faults_of_one_step() for _ in range(2)]  # on exit glibc returns memory again
-    assert reusing[-1] * 100 < min(default), (reusing, default)

@@ -1,12 +1,15 @@
 """The workshop build (``make student``): solutions out, checks in, and the notebooks still run.
 
-Builds the student copies of whatever notebooks exist into a temporary folder, checks them
-statically, runs every stub's check ("⏳ not done yet"), and executes the early notebooks
-(00-02) top to bottom in ``smoke`` mode with nbclient.
+Builds the student copies of whatever notebooks exist into a temporary folder and checks
+every one's structure: no solution left, every check kept, every stub's check prints "⏳ not
+done yet", and no later cell needs a name only a solution defined. One student notebook,
+the one with the most stubs, is also executed top to bottom in ``smoke`` mode (nbval already
+runs every instructor notebook; running them all again here would double the suite).
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
 import contextlib
 import functools
@@ -21,9 +24,9 @@ import nbformat
 import pytest
 
 import helpers
-from helpers.course import notebook_paths
 from helpers.exercises import NOT_DONE
-from helpers.student import (
+from tools.course import notebook_paths
+from tools.student import (
     EXERCISE_TAG,
     SOLUTION_TAG,
     StubError,
@@ -33,7 +36,7 @@ from helpers.student import (
     student_notebook,
 )
 
-EXECUTED = ("00", "01", "02")  # the notebooks cheap enough to run here; the rest are checked statically
+EXECUTED = "01_mse_and_gradient_descent.ipynb"  # five stubs and no model or data: seconds in smoke mode
 NOTEBOOKS = notebook_paths()
 
 
@@ -224,27 +227,59 @@ def test_relative_links_still_resolve_from_the_build(tmp_path):
 # --- the student notebooks run ------------------------------------------------------------
 
 
-def _missing_data(nb) -> str | None:
-    """Why this notebook cannot run here, or None."""
-    from helpers.models import resolve_model_source
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """(names a cell defines, names it reads), from its Python (IPython magics turned into calls first)."""
+    from IPython.core.inputtransformer2 import TransformerManager
 
-    code = "\n".join(c.source for c in _code(nb))
-    if "load_model(" in code:
-        source = resolve_model_source()
-        if "hub" not in source.kind and not (Path(source.location) / "config.json").is_file():
-            return f"it loads a model and {source.location} has no config.json yet"
-    return None
+    defined, read = set(), set()
+    for node in ast.walk(ast.parse(TransformerManager().transform_cell(source))):
+        if isinstance(node, ast.Name):
+            (defined if isinstance(node.ctx, ast.Store) else read).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return defined, read
 
 
-@pytest.mark.parametrize("source", [p for p in NOTEBOOKS if p.name[:2] in EXECUTED], ids=lambda p: p.name)
-def test_student_notebook_runs_top_to_bottom(source, student_dir, tmp_path, monkeypatch):
+def _needs_a_solution(original, student) -> list[str]:
+    """Cells of ``original`` that read a name which only a solution cell, stubbed out in ``student``, defined."""
+    defined_by_student = set().union(*(_names(c.source)[0] for c in _code(student)))
+    solution_only: dict[str, int] = {}
+    problems = []
+    for index, cell in enumerate(original.cells):
+        if cell.cell_type != "code":
+            continue
+        defined, read = _names(cell.source)
+        if SOLUTION_TAG in _tags(cell):
+            solution_only.update({name: index for name in defined - defined_by_student})
+        elif read & solution_only.keys():
+            problems.append(f"cell {index} reads {sorted(read & solution_only.keys())}, defined only by a solution")
+    return problems
+
+
+def test_a_name_only_a_solution_defined_is_caught():
+    original = _nb(
+        ("code", "import numpy as np"),
+        ("code", "def f(x):\n    return 2 * x\n\n\nanswer = f(3)\ncheck_a(answer)", SOLUTION_TAG),
+        ("code", "print(answer, np.pi)"),  # the stub defines `answer` too: fine
+        ("code", "print(f(4))"),  # only the solution defined f
+    )
+    assert _needs_a_solution(original, student_notebook(original)) == ["cell 3 reads ['f'], defined only by a solution"]
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_later_cell_needs_what_only_a_solution_defined(source, student_dir):
+    """The student notebook runs top to bottom only if no cell needs a name that only a stubbed-out solution defined."""
+    problems = _needs_a_solution(nbformat.read(source, as_version=4), nbformat.read(student_dir / source.name, as_version=4))
+    assert not problems, f"{source.name}: {problems}"
+
+
+def test_a_student_notebook_runs_top_to_bottom(student_dir, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    path = student_dir / source.name
-    nb = nbformat.read(path, as_version=4)
-    reason = _missing_data(nb)
-    if reason:
-        pytest.skip(f"{source.name}: {reason}")
+    nb = nbformat.read(student_dir / EXECUTED, as_version=4)
+    assert [c for c in nb.cells if EXERCISE_TAG in _tags(c)], f"{EXECUTED} has no stub to run; execute one that has"
     monkeypatch.setenv("COURSE_MODE", "smoke")
     monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path / "artifacts"))  # never touch the real artifacts/
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -253,8 +288,8 @@ def test_student_notebook_runs_top_to_bottom(source, student_dir, tmp_path, monk
 
     for cell in _code(nb):
         errors = [o for o in cell.outputs if o.output_type == "error"]
-        assert not errors, f"{source.name}: {cell.source[:80]!r} raised {errors[0].ename}"
+        assert not errors, f"{EXECUTED}: {cell.source[:80]!r} raised {errors[0].ename}"
         if EXERCISE_TAG in _tags(cell) or re.search(r"^\w+ = None\b", cell.source, re.M):
             printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
             if "check_" in cell.source:
-                assert NOT_DONE in printed, f"{source.name}: {cell.source!r} printed {printed!r}"
+                assert NOT_DONE in printed, f"{EXECUTED}: {cell.source!r} printed {printed!r}"

