@@ -27,6 +27,7 @@ ENTRIES = {  # module: the arguments it requires, so that only the unknown flag 
     "tools.constraints": [],
     "tools.collect_data": [],
     "tools.pretrain_tiny_base": [],
+    "tools.gpu_check": [],
     "bench": [],
     "helpers.training": ["--out", "never-written"],
 }
