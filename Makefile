@@ -7,6 +7,7 @@
 #   make student  the workshop build: notebooks with the solutions stubbed out, in build/student/
 #   make map      merge the minutes `make course` measured into the notebooks, regenerate the README's course map
 #   make outputs NB="03 05"   execute those notebooks in cpu mode, in place: the outputs to commit
+#   make gpu-check            the gpu mode end to end on a CUDA machine (a dry run of the same plan without one)
 #   make constraints          pin the installed versions (after `make test` passed) into constraints.txt
 
 PYTHON_BOOT ?= python3
@@ -18,7 +19,7 @@ TORCH_SPEC  ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 STAMP       := $(VENV)/.installed
 
-.PHONY: course test lab bench download setup clean student map outputs constraints
+.PHONY: course test lab bench download setup clean student map outputs constraints gpu-check
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -55,6 +56,9 @@ map: $(STAMP)
 outputs: $(STAMP)
 	@test -n "$(NB)" || { echo 'name the notebooks to re-run, e.g. make outputs NB="03 05"'; exit 2; }
 	COURSE_MODE=cpu $(PY) -m tools.course --in-place $(NB)
+
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.gpu_check
 
 constraints: $(STAMP)
 	$(PY) -m tools.constraints

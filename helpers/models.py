@@ -13,6 +13,8 @@ warning, never silently.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -110,6 +112,46 @@ def resolve_model_source(settings: Settings | None = None, course_model: str | N
             fallback_from=settings.model_id,
         )
     return ModelSource(str(tiny_base_dir(settings)), "tiny base", f"{settings.mode} mode uses the tiny base")
+
+
+def context_length(source: ModelSource) -> int | None:
+    """How many positions the model at ``source`` attends to, read from its ``config.json`` without loading it.
+
+    None when the config is not on this machine yet (a hub id that is not in the local cache).
+    """
+    if source.is_local:
+        config_file = Path(source.location) / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source.location, "config.json")
+        if not isinstance(cached, str):
+            return None
+        config_file = Path(cached)
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    return config.get("n_positions") or config.get("max_position_embeddings")
+
+
+def fit_to_model(settings: Settings) -> Settings:
+    """``settings`` with ``block_size`` no longer than the context of the model the course will load.
+
+    ``gpu`` mode asks for 512-token blocks, which real GPT-2 (1,024 positions) takes. Where it
+    falls back to the tiny base (256 positions), or ``COURSE_MODEL`` names a model with a shorter
+    context, longer blocks would index past the position table, so the blocks shrink to the
+    model's context, with a warning. Used by :func:`helpers.settings.get_settings`.
+    """
+    try:
+        context = context_length(resolve_model_source(settings))
+    except FileNotFoundError:
+        return settings  # a bad COURSE_MODEL is reported, with what to do, where the model is loaded
+    if context is None or settings.block_size <= context:
+        return settings
+    warnings.warn(
+        f"{settings.mode} mode asks for blocks of {settings.block_size} tokens, but the model has only {context} "
+        f"positions; using blocks of {context} tokens",
+        stacklevel=3,
+    )
+    return dataclasses.replace(settings, block_size=context)
 
 
 def describe_model_source(settings: Settings | None = None) -> str:

@@ -26,7 +26,7 @@ class Settings:
     mode: str
     seed: int
     model_id: str | None  # None: the course's tiny GPT-2 base shipped in data/
-    block_size: int  # tokens per training example
+    block_size: int  # tokens per training example (get_settings keeps it within the model's context)
     batch_size: int  # examples per optimizer micro-step
     grad_accum_steps: int  # micro-steps per optimizer step
     num_steps: int  # optimizer steps of fine-tuning in 04
@@ -108,13 +108,17 @@ def make_settings(mode: str, artifacts_dir: Path | None = None, seed: int = 1234
 def get_settings() -> Settings:
     """The settings of this process, read once from ``COURSE_MODE`` and ``COURSE_ARTIFACTS``.
 
+    Blocks never exceed the context of the model the course will load (:func:`helpers.models.fit_to_model`).
+
     Introduced in ``00_setup.ipynb``; every notebook calls it.
     """
+    from helpers.models import fit_to_model  # helpers.models imports this module
+
     artifacts = os.environ.get("COURSE_ARTIFACTS")
-    return make_settings(
+    return fit_to_model(make_settings(
         resolve_mode(os.environ.get("COURSE_MODE")),
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else None,
-    )
+    ))
 
 
 def display_path(path: Path | str, settings: Settings | None = None) -> str:

@@ -28,6 +28,7 @@ ENTRIES = {  # module: the arguments it requires, so that only the unknown flag 
     "tools.collect_data": [],
     "tools.pretrain_tiny_base": [],
     "tools.export": [],
+    "tools.gpu_check": [],
     "bench": [],
     "helpers.training": ["--out", "never-written"],
     "helpers.serving": ["--model", "never-read"],
