@@ -1,7 +1,7 @@
 """What only a CUDA machine can check: bf16 autocast in the training loop and the fused AdamW kernel.
 
 Skipped without CUDA; ``make gpu-check`` runs them with ``-m cuda`` and fails when any is skipped.
-The service on CUDA is checked in ``tests/test_serving.py`` (also marked ``cuda``).
+The serving engine on CUDA is checked in ``tests/test_serving_engine.py`` (also marked ``cuda``).
 """
 
 from __future__ import annotations

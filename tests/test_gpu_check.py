@@ -29,8 +29,8 @@ def test_dry_run_runs_the_whole_plan_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {row[0] for row in found["rows"]}
-    assert steps == {"environment", "cuda tests", "training", "notebooks"} and not found["failures"]
-    assert {"training_eager", "training_compiled"} <= found["figures"].keys()
+    assert steps == {"environment", "cuda tests", "training", "generation", "notebooks"} and not found["failures"]
+    assert {"training_eager", "training_compiled", "generation_1_clients", "generation_8_clients"} <= found["figures"].keys()
     resolved = found["figures"]["notebook_settings"]
     assert resolved["mode"] == "gpu" and resolved["block_size"] <= resolved["context"]
     assert (tmp_path / "gpu_check.txt").read_text().startswith("step")

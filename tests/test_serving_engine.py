@@ -97,7 +97,7 @@ def assert_same_or_near_tie(model, prompt_ids: list[int], expected: list[int], g
         return
     k = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
     with torch.no_grad():
-        logits = model(torch.tensor([prompt_ids + expected[:k]])).logits[0, -1]
+        logits = model(torch.tensor([prompt_ids + expected[:k]], device=model.device)).logits[0, -1]
     top2 = logits.topk(2)
     gap = float(top2.values[0] - top2.values[1])
     assert k < min(len(expected), len(got)) and gap < NEAR_TIE and got[k] in top2.indices.tolist(), (
@@ -149,6 +149,23 @@ def test_seeded_sampling_in_a_batch_equals_alone(alone, batched, model, prompts)
     for name, (prompt_ids, params) in jobs.items():
         by_itself = alone.generate(prompt_ids, params)
         assert_same_or_near_tie(model, prompt_ids, by_itself.token_ids, together[name].token_ids, name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_greedy_in_a_batch_equals_alone_on_cuda(tokenizer, prompts):
+    cuda_model = AutoModelForCausalLM.from_pretrained(tiny_base_dir(), dtype=torch.float32).eval().to("cuda")
+    one, eight = Engine(cuda_model, tokenizer, max_batch_size=1), Engine(cuda_model, tokenizer, max_batch_size=8)
+    try:
+        jobs = staggered_jobs(prompts, temperature=0.0)
+        together, requests = run_staggered(eight, jobs)
+        assert max(r.peak_batch for r in requests.values()) >= 3, "the requests never shared a decode step"
+        for name, (prompt_ids, params) in jobs.items():
+            by_itself = one.generate(prompt_ids, params)
+            assert_same_or_near_tie(cuda_model, prompt_ids, by_itself.token_ids, together[name].token_ids, name)
+    finally:
+        one.close()
+        eight.close()
 
 
 def test_max_batch_size_one_serves_one_at_a_time(alone, prompts):

@@ -112,10 +112,11 @@ def run_cuda_tests(report: Report, dry_run: bool) -> None:
         print(done.stdout[-4000:], done.stderr[-2000:], sep="\n")
 
 
-def training_model(dry_run: bool) -> GPT2LMHeadModel:
+def training_model(dry_run: bool, vocab_size: int = 1024) -> GPT2LMHeadModel:
     """GPT-2 124M's shapes with random weights (the dry run: a 2-layer, 64-wide stand-in)."""
     torch.manual_seed(0)
-    small = dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1024)
+    small = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=vocab_size,
+                 bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
     config = GPT2Config(**small) if dry_run else GPT2Config()
     return GPT2LMHeadModel(with_fused_gelu(config))
 
@@ -154,6 +155,35 @@ def bench_training(report: Report, device: torch.device, peak: float, steps: int
     del model, result
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def bench_generation(report: Report, device: torch.device, tiny_base: Path, work: Path, dry_run: bool) -> None:
+    """Step 4: the same model behind ``python -m helpers.serving`` on this device, 1 and 8 streaming clients.
+
+    The weights are random (no download), so the text is noise; what is measured is the
+    service's throughput. The tokenizer is the tiny base's (GPT-2's), the same vocabulary.
+    """
+    from helpers.serving.cli import start_background
+    from helpers.serving.load import run_load
+
+    model_dir = work / "random-gpt2"
+    training_model(dry_run, vocab_size=GPT2Config().vocab_size).save_pretrained(model_dir)
+    max_tokens = 16 if dry_run else 128
+    body = {"model": model_dir.name, "prompt": "It is a truth universally acknowledged, that", "max_tokens": max_tokens,
+            "temperature": 0}
+    args = ["--tokenizer", str(tiny_base), "--device", device.type, "--max-batch-size", "8"]
+    with start_background(model_dir, extra_args=args, startup_timeout=300) as server:
+        run_load(server.url, {**body, "max_tokens": 4}, clients=1, requests_per_client=1)  # warm-up
+        for clients in (1, 8):
+            result = run_load(server.url, body, clients=clients, requests_per_client=2)
+            first = float(np.median([t.first_token_s for t in result.timings])) * 1000 if result.timings else float("nan")
+            report.figures[f"generation_{clients}_clients"] = {"tokens_per_s": result.tokens_per_s,
+                                                               "ttft_p50_ms": first, "errors": result.errors}
+            report.add("generation", f"service, {clients} streaming client(s), {max_tokens} tokens each",
+                       f"{result.tokens_per_s:,.0f} tokens/s, first token p50 {first:,.0f} ms",
+                       ok=not result.errors and len(result.timings) == 2 * clients)
+            if result.errors:
+                print(f"errors: {result.errors[:2]}\nthe server's log ends:\n{server.log()[-3000:]}")
 
 
 def resolve_notebook_settings(report: Report, tiny_base: Path) -> None:
@@ -211,16 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     tiny_base = REPO_ROOT / "data" / "models" / "tiny-gpt2-base"
     report = Report(figures={"dry_run": args.dry_run, "date": time.strftime("%Y-%m-%d")})
     started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
     peak = check_environment(report, device)
     run_cuda_tests(report, args.dry_run)
     for compiled in (False, True):
         bench_training(report, device, peak, steps, compiled, args.dry_run)
+    bench_generation(report, device, tiny_base, args.out, args.dry_run)
     if args.dry_run:
         resolve_notebook_settings(report, tiny_base)
     else:
         run_notebooks(report, tiny_base)
     report.figures["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps({**asdict(report)}, indent=1, default=str) + "\n")
     (args.out / "gpu_check.txt").write_text(report.table() + "\n")
     print("\n" + report.table())
