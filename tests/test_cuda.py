@@ -11,7 +11,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from helpers.runtime import precision_policy
 from helpers.training import TrainConfig, make_optimizer, train
@@ -19,14 +18,12 @@ from helpers.training import TrainConfig, make_optimizer, train
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=512))
+CUDA_SHAPE = dict(n_head=4, n_embd=64, vocab_size=512)
 
 
-def test_training_loop_runs_under_the_policys_autocast_on_cuda():
+def test_training_loop_runs_under_the_policys_autocast_on_cuda(random_gpt2):
     policy = precision_policy(torch.device("cuda"))
-    model = tiny_gpt2()
+    model = random_gpt2(**CUDA_SHAPE)
     seen = []
     model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     blocks = np.random.default_rng(0).integers(0, 512, (16, 32)).astype(np.uint16)
@@ -37,8 +34,8 @@ def test_training_loop_runs_under_the_policys_autocast_on_cuda():
     assert all(np.isfinite(h["loss"]) for h in result.history) and np.isfinite(result.history[-1]["valid_loss"])
 
 
-def test_make_optimizer_uses_the_fused_adamw_kernel_and_matches_the_reference_on_cuda():
-    model = tiny_gpt2().cuda().eval()  # no dropout: both runs see the same gradients
+def test_make_optimizer_uses_the_fused_adamw_kernel_and_matches_the_reference_on_cuda(random_gpt2):
+    model = random_gpt2(**CUDA_SHAPE).cuda().eval()  # no dropout: both runs see the same gradients
     reference_model = copy.deepcopy(model)
     ours = make_optimizer(model, lr=1e-3, weight_decay=0.1)
     assert all(group["fused"] for group in ours.param_groups)

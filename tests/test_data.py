@@ -28,11 +28,6 @@ SPEECH = (
 )  # 200+ characters: long enough to be de-duplicated
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return models.load_tokenizer(models.resolve_model_source(make_settings("smoke")))
-
-
 def write(folder, name, content):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
 from helpers import deployment
@@ -29,7 +29,6 @@ from helpers.deployment import (
     quantize_int8,
     verify_release,
 )
-from helpers.models import tokenizer_dir
 
 REPORT = {
     "perplexity": {"test": {"before": 812.3456, "after": 95.43211}},
@@ -43,15 +42,8 @@ TRAINING = {"base_model": "tiny-gpt2-base", "data": {"name": "Shakespeare", "tra
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(tokenizer_dir())
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    # small: 2 layers x 32 wide keeps every test in this file under a second or two
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128)).eval()
+def model(random_gpt2):
+    return random_gpt2(n_positions=128)
 
 
 def stored_dtypes(release) -> set[str]:

@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import (
-    AutoTokenizer,
     BertConfig,
     GPT2Config,
     GPT2LMHeadModel,
@@ -24,7 +23,7 @@ from transformers import (
 )
 
 from helpers import exercises, gpt
-from helpers.models import tiny_base_dir, tokenizer_dir
+from helpers.models import tiny_base_dir
 from helpers.settings import REPO_ROOT
 from tools.export import EXPORT_TAG, EXPORTS, ExportError, export_all, exported_cells, module_source
 
@@ -39,16 +38,7 @@ def tiny():
     return hf, gpt.GPT.from_transformers(hf)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(tokenizer_dir())
-
-
-def random_gpt2(seed: int = 0, **shape) -> GPT2LMHeadModel:
-    """A transformers GPT-2 with random weights; the default shape is small so tests stay fast."""
-    torch.manual_seed(seed)
-    config = GPT2Config(**{"n_layer": 3, "n_embd": 96, "n_head": 6, "n_positions": 64, **shape})
-    return GPT2LMHeadModel(config).eval()
+GPT_SHAPE = dict(n_layer=3, n_embd=96, n_head=6)  # six heads: per-head reshapes are exercised
 
 
 # --- one source: helpers/gpt.py is notebook 03's exported cells ---------------------------------
@@ -108,16 +98,16 @@ def test_tiny_base_logits_and_loss_equal_transformers(tiny, tokenizer):
 
 @pytest.mark.parametrize("shape", [dict(), dict(n_layer=2, n_embd=64, n_head=2, n_positions=32, vocab_size=1000)],
                          ids=["3x96x6heads", "2x64x2heads-vocab1000"])
-def test_random_gpt2_of_other_shapes_logits_equal_transformers(shape):
-    hf = random_gpt2(**shape)
+def test_random_gpt2_of_other_shapes_logits_equal_transformers(shape, random_gpt2):
+    hf = random_gpt2(**{**GPT_SHAPE, **shape})
     ours = gpt.GPT.from_transformers(hf)
     ids = torch.randint(0, hf.config.vocab_size, (2, hf.config.n_positions), generator=torch.Generator().manual_seed(1))
     logit_gap, loss_gap = _compare(ours, hf, ids)
     assert logit_gap <= 1e-4 and loss_gap <= 1e-5, (logit_gap, loss_gap)
 
 
-def test_the_lm_head_is_tied_and_weights_follow_devices_and_dtypes():
-    hf = random_gpt2().to(torch.float64)
+def test_the_lm_head_is_tied_and_weights_follow_devices_and_dtypes(random_gpt2):
+    hf = random_gpt2(**GPT_SHAPE).to(torch.float64)
     ours = gpt.GPT.from_transformers(hf)
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert next(ours.parameters()).dtype == torch.float64 and not ours.training
@@ -161,8 +151,8 @@ def test_greedy_equals_transformers_generate(tiny, tokenizer):
 
 @pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_k=40), dict(temperature=1.2, top_p=0.9),
                                       dict(temperature=0.7, top_k=100, top_p=0.8)], ids=repr)
-def test_cache_and_no_cache_give_identical_tokens(sampling):
-    ours = gpt.GPT.from_transformers(random_gpt2())
+def test_cache_and_no_cache_give_identical_tokens(sampling, random_gpt2):
+    ours = gpt.GPT.from_transformers(random_gpt2(**GPT_SHAPE))
     prompt = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(3))  # a batch of two
     outputs = [gpt.generate(ours, prompt, 40, use_cache=use_cache, generator=torch.Generator().manual_seed(7), **sampling)
                for use_cache in (True, False)]

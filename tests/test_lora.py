@@ -28,13 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")  #
 R, ALPHA = 4, 8
 
 
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    # small: every test here runs in well under a second; widths differ (32 in, 96 out, 128 hidden)
-    # so a transposed weight cannot pass by accident
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=97, bos_token_id=0, eos_token_id=0,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config).eval()
+LORA_SHAPE = dict(n_positions=32, vocab_size=97, bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # widths 32 in, 96 out, 128 hidden: a transposed weight cannot pass by accident
 
 
 def ids(seed: int = 1) -> torch.Tensor:
@@ -67,8 +61,8 @@ def peft_with_nonzero_b(base: GPT2LMHeadModel, seed: int = 2):
     return model
 
 
-def test_zero_initialised_adapter_gives_the_base_logits_exactly():
-    base = tiny_gpt2()
+def test_zero_initialised_adapter_gives_the_base_logits_exactly(random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     hand = lora.add_lora(copy.deepcopy(base), R, ALPHA).eval()
     layers = [m for m in hand.modules() if isinstance(m, lora.LoRALayer)]
     assert len(layers) == 2 * len(lora.TARGETS)
@@ -76,8 +70,8 @@ def test_zero_initialised_adapter_gives_the_base_logits_exactly():
     assert torch.equal(logits(hand), logits(base))
 
 
-def test_trainable_count_by_formula_equals_the_counted_and_peft():
-    base = tiny_gpt2()
+def test_trainable_count_by_formula_equals_the_counted_and_peft(random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     shapes = lora.wrapped_shapes(base)
     assert shapes[:4] == [(32, 96), (32, 32), (32, 128), (128, 32)]  # c_attn, attn.c_proj, c_fc, mlp.c_proj
     hand = lora.add_lora(copy.deepcopy(base), R, ALPHA)
@@ -87,8 +81,8 @@ def test_trainable_count_by_formula_equals_the_counted_and_peft():
     assert all(not p.requires_grad for n, p in hand.named_parameters() if not n.endswith((".A", ".B")))
 
 
-def test_hand_lora_with_peft_a_and_b_gives_peft_logits():
-    base = tiny_gpt2()
+def test_hand_lora_with_peft_a_and_b_gives_peft_logits(random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     peft_model = peft_with_nonzero_b(copy.deepcopy(base))
     hand = lora.add_lora(copy.deepcopy(base), R, ALPHA).eval()
     assert lora.copy_lora(peft_model, hand) == 2 * len(lora.TARGETS)
@@ -97,8 +91,8 @@ def test_hand_lora_with_peft_a_and_b_gives_peft_logits():
     torch.testing.assert_close(logits(hand), expected, atol=1e-5, rtol=0)
 
 
-def test_hand_lora_adds_the_scaled_low_rank_product_to_the_conv1d():
-    layer = tiny_gpt2().transformer.h[0].attn.c_attn  # Conv1D: x @ W + b, W stored (in, out)
+def test_hand_lora_adds_the_scaled_low_rank_product_to_the_conv1d(random_gpt2):
+    layer = random_gpt2(**LORA_SHAPE).transformer.h[0].attn.c_attn  # Conv1D: x @ W + b, W stored (in, out)
     wrapped = lora.LoRALayer(copy.deepcopy(layer), r=R, alpha=ALPHA)
     torch.nn.init.normal_(wrapped.B)
     x = torch.randn(5, 32)
@@ -106,24 +100,24 @@ def test_hand_lora_adds_the_scaled_low_rank_product_to_the_conv1d():
     torch.testing.assert_close(wrapped(x), torch.addmm(layer.bias, x, merged), atol=1e-5, rtol=1e-5)
 
 
-def test_copying_into_a_differently_wrapped_model_is_refused():
-    peft_model = peft_with_nonzero_b(tiny_gpt2())
-    hand = lora.add_lora(tiny_gpt2(), R, ALPHA, targets=("attn.c_attn",))
+def test_copying_into_a_differently_wrapped_model_is_refused(random_gpt2):
+    peft_model = peft_with_nonzero_b(random_gpt2(**LORA_SHAPE))
+    hand = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA, targets=("attn.c_attn",))
     with pytest.raises(ValueError, match="wrap the same targets"):
         lora.copy_lora(peft_model, hand)
     with pytest.raises(ValueError, match="rank 4 into rank 2"):
-        lora.copy_lora(peft_model, lora.add_lora(tiny_gpt2(), 2, ALPHA))
+        lora.copy_lora(peft_model, lora.add_lora(random_gpt2(**LORA_SHAPE), 2, ALPHA))
 
 
-def test_unknown_target_and_bad_rank_are_clear_errors():
+def test_unknown_target_and_bad_rank_are_clear_errors(random_gpt2):
     with pytest.raises(ValueError, match="'attn.q_proj' is not a projection"):
-        lora.wrapped_shapes(tiny_gpt2(), ("attn.q_proj",))
+        lora.wrapped_shapes(random_gpt2(**LORA_SHAPE), ("attn.q_proj",))
     with pytest.raises(ValueError, match="rank r must be a positive"):
         lora.lora_parameter_count([(4, 4)], 0)
 
 
-def test_hand_trained_a_and_b_saved_through_peft_give_the_hand_logits(tmp_path):
-    base = tiny_gpt2()
+def test_hand_trained_a_and_b_saved_through_peft_give_the_hand_logits(tmp_path, random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     hand = lora.add_lora(copy.deepcopy(base), R, ALPHA).eval()
     with torch.no_grad():
         for module in hand.modules():
@@ -132,12 +126,12 @@ def test_hand_trained_a_and_b_saved_through_peft_give_the_hand_logits(tmp_path):
     peft_model = get_peft_model(copy.deepcopy(base), lora.lora_config(R, ALPHA)).eval()
     lora.copy_lora(hand, peft_model)
     peft_model.save_pretrained(tmp_path)
-    reloaded = PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
+    reloaded = PeftModel.from_pretrained(random_gpt2(**LORA_SHAPE), tmp_path).eval()
     torch.testing.assert_close(logits(reloaded), logits(hand), atol=1e-5, rtol=0)
 
 
-def test_merge_and_unload_gives_the_same_logits_and_a_plain_gpt2(tmp_path):
-    peft_model = peft_with_nonzero_b(tiny_gpt2())
+def test_merge_and_unload_gives_the_same_logits_and_a_plain_gpt2(tmp_path, random_gpt2):
+    peft_model = peft_with_nonzero_b(random_gpt2(**LORA_SHAPE))
     before = logits(peft_model)
     merged = copy.deepcopy(peft_model).merge_and_unload()
     assert type(merged) is GPT2LMHeadModel
@@ -148,18 +142,18 @@ def test_merge_and_unload_gives_the_same_logits_and_a_plain_gpt2(tmp_path):
     torch.testing.assert_close(logits(reloaded), before, atol=1e-5, rtol=0)
 
 
-def test_adapter_round_trip_and_its_size(tmp_path):
-    base = tiny_gpt2()
+def test_adapter_round_trip_and_its_size(tmp_path, random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     peft_model = peft_with_nonzero_b(copy.deepcopy(base))
     peft_model.save_pretrained(tmp_path)
-    reloaded = PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()  # a fresh base with the same weights
+    reloaded = PeftModel.from_pretrained(random_gpt2(**LORA_SHAPE), tmp_path).eval()  # a fresh base with the same weights
     torch.testing.assert_close(logits(reloaded), logits(peft_model), atol=1e-6, rtol=0)
     stored = load_file(tmp_path / lora.ADAPTER_FILE)
     assert sum(t.numel() * t.element_size() for t in stored.values()) == lora.adapter_bytes(lora.wrapped_shapes(base), R)
 
 
-def test_training_moves_only_a_and_b(fresh_accelerator):
-    base = tiny_gpt2()
+def test_training_moves_only_a_and_b(fresh_accelerator, random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     model = lora.add_lora(copy.deepcopy(base), R, ALPHA)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     blocks = np.random.default_rng(0).integers(0, 97, (16, 16)).astype(np.uint16)
@@ -170,19 +164,19 @@ def test_training_moves_only_a_and_b(fresh_accelerator):
     assert all(m.B.detach().any() for m in trained.modules() if isinstance(m, lora.LoRALayer))
 
 
-def test_a_trained_model_computes_in_fp32_again(fresh_accelerator):
+def test_a_trained_model_computes_in_fp32_again(fresh_accelerator, random_gpt2):
     """05 compares a trained adapter's logits to 1e-5: the loop's bf16 autocast must not stay on the model."""
-    model = lora.add_lora(tiny_gpt2(), R, ALPHA)
+    model = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA)
     blocks = np.random.default_rng(0).integers(0, 97, (16, 16)).astype(np.uint16)
     config = TrainConfig(num_steps=2, lr=1e-2, warmup_steps=1, batch_size=4, eval_interval=2, mixed_precision="bf16")
     trained = train(model, blocks, blocks[:4], config, progress=False).model.eval()
-    plain = lora.add_lora(tiny_gpt2(), R, ALPHA).eval()
+    plain = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA).eval()
     plain.load_state_dict(trained.state_dict())
     assert torch.equal(logits(trained), logits(plain))
 
 
-def test_training_memory_counts_what_each_kind_of_step_keeps():
-    base = tiny_gpt2()
+def test_training_memory_counts_what_each_kind_of_step_keeps(random_gpt2):
+    base = random_gpt2(**LORA_SHAPE)
     batch = ids()
     full = lora.training_memory(base, batch)
     adapter = lora.training_memory(lora.add_lora(copy.deepcopy(base), R, ALPHA), batch)
@@ -194,8 +188,8 @@ def test_training_memory_counts_what_each_kind_of_step_keeps():
     assert full["activations"] > 0 and adapter["activations"] > 0
 
 
-def test_training_memory_leaves_the_model_as_it_was():
-    model = lora.add_lora(tiny_gpt2(), R, ALPHA)
+def test_training_memory_leaves_the_model_as_it_was(random_gpt2):
+    model = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA)
     before = {n: p.clone() for n, p in model.named_parameters()}
     lora.training_memory(model, ids())
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())

@@ -15,6 +15,7 @@ from helpers.settings import make_settings
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    """Through the course's own loading path (not conftest's tokenizer): that path is under test here."""
     return models.load_tokenizer(models.resolve_model_source(make_settings("smoke")))
 
 

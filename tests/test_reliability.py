@@ -32,7 +32,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from helpers import atomic, data, models, registry, training
+from helpers import atomic, data, registry, training
 from helpers.registry import DamagedVersionError, VersionExistsError
 from helpers.settings import make_settings
 
@@ -423,11 +423,6 @@ def test_an_unreadable_file_is_an_error_naming_it(corpus):
     (corpus / "lear.txt").chmod(0)
     with pytest.raises(data.CorpusError, match=r"cannot open .*lear\.txt.*chmod"):
         load_bounded(corpus)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return models.load_tokenizer(models.resolve_model_source(make_settings("smoke")))
 
 
 @pytest.mark.parametrize("escape", ["../outside.npy", "absolute"])

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from helpers.models import tiny_base_dir
 from helpers.serving.engine import Engine, QueueFull, Request, Result, SamplingParams, TextStream
@@ -27,11 +27,6 @@ NEAR_TIE = 1e-4
 @pytest.fixture(scope="module")
 def model():
     return AutoModelForCausalLM.from_pretrained(tiny_base_dir(), dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(tiny_base_dir())
 
 
 @pytest.fixture(scope="module")

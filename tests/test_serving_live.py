@@ -6,24 +6,14 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.deployment import export_release
-from helpers.models import tokenizer_dir
 from helpers.serving import start_background
 
 openai = pytest.importorskip("openai")
 
 KEY = "live-test-key"
 MESSAGES = [{"role": "user", "content": "Who is there?"}]
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128))  # small: a live server in seconds
-    return export_release(model, AutoTokenizer.from_pretrained(tokenizer_dir()),
-                          tmp_path_factory.mktemp("live") / "tiny-live")
 
 
 def greedy_reference(folder, prompt: str, max_new_tokens: int) -> tuple[str, int]:
@@ -37,19 +27,19 @@ def greedy_reference(folder, prompt: str, max_new_tokens: int) -> tuple[str, int
 
 
 @pytest.mark.slow
-def test_official_openai_client_against_the_real_server(release):
-    server = start_background(release, api_key=KEY, extra_args=["--device", "cpu"])  # key via COURSE_API_KEY
+def test_official_openai_client_against_the_real_server(release_dir):
+    server = start_background(release_dir, api_key=KEY, extra_args=["--device", "cpu"])  # key via COURSE_API_KEY
     url = server.url
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
-        assert [m.id for m in client.models.list().data] == ["tiny-live"]
+        assert [m.id for m in client.models.list().data] == [release_dir.name]
 
         prompt = "To be, or not to be"
-        expected, prompt_tokens = greedy_reference(release, prompt, 10)
-        completion = client.completions.create(model="tiny-live", prompt=prompt, max_tokens=10, temperature=0)
+        expected, prompt_tokens = greedy_reference(release_dir, prompt, 10)
+        completion = client.completions.create(model=release_dir.name, prompt=prompt, max_tokens=10, temperature=0)
         assert completion.choices[0].text == expected
         assert completion.usage.prompt_tokens == prompt_tokens
-        chunks = list(client.completions.create(model="tiny-live", prompt=prompt, max_tokens=10, temperature=0,
+        chunks = list(client.completions.create(model=release_dir.name, prompt=prompt, max_tokens=10, temperature=0,
                                                 stream=True))
         assert len(chunks) > 2
         assert "".join(c.choices[0].text for c in chunks) == expected
@@ -58,10 +48,10 @@ def test_official_openai_client_against_the_real_server(release):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
         with pytest.raises(openai.BadRequestError, match="max_tokens"):
-            client.completions.create(model="tiny-live", prompt=prompt, max_tokens=0)
+            client.completions.create(model=release_dir.name, prompt=prompt, max_tokens=0)
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="gpt-4", prompt=prompt, max_tokens=2)
-        assert client.completions.create(model="tiny-live", prompt="Hi", max_tokens=2).choices[0].text
+        assert client.completions.create(model=release_dir.name, prompt="Hi", max_tokens=2).choices[0].text
     finally:
         returncode = server.stop()  # SIGTERM, what a process manager sends: uvicorn shuts down gracefully
     output = server.log()
@@ -72,21 +62,21 @@ def test_official_openai_client_against_the_real_server(release):
 
 
 @pytest.mark.slow
-def test_official_openai_client_chats_through_the_release_template(release):
-    prompt = AutoTokenizer.from_pretrained(release).apply_chat_template(MESSAGES, tokenize=False,
+def test_official_openai_client_chats_through_the_release_template(release_dir):
+    prompt = AutoTokenizer.from_pretrained(release_dir).apply_chat_template(MESSAGES, tokenize=False,
                                                                         add_generation_prompt=True)
-    expected, prompt_tokens = greedy_reference(release, prompt, 12)
-    with start_background(release, api_key=KEY, extra_args=["--device", "cpu"]) as server:
+    expected, prompt_tokens = greedy_reference(release_dir, prompt, 12)
+    with start_background(release_dir, api_key=KEY, extra_args=["--device", "cpu"]) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
-        reply = client.chat.completions.create(model="tiny-live", messages=MESSAGES, max_tokens=12, temperature=0)
+        reply = client.chat.completions.create(model=release_dir.name, messages=MESSAGES, max_tokens=12, temperature=0)
         assert reply.object == "chat.completion"
         assert reply.choices[0].message.role == "assistant"
         assert reply.choices[0].message.content == expected
         assert reply.usage.prompt_tokens == prompt_tokens
-        chunks = list(client.chat.completions.create(model="tiny-live", messages=MESSAGES, max_tokens=12,
+        chunks = list(client.chat.completions.create(model=release_dir.name, messages=MESSAGES, max_tokens=12,
                                                      temperature=0, stream=True))
         assert chunks[0].choices[0].delta.role == "assistant"
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
-            client.chat.completions.create(model="tiny-live", messages=[{"role": "user", "content": " the" * 200}])
+            client.chat.completions.create(model=release_dir.name, messages=[{"role": "user", "content": " the" * 200}])

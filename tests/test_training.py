@@ -28,10 +28,7 @@ from helpers.training import (
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tiny_model(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    # small: every test trains in about a second on one core
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=50257))
+TRAINING_SHAPE = dict(n_positions=32)  # small: every test trains in about a second on one core
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +47,19 @@ def config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_written_out_loss_equals_the_models_own(blocks):
-    model = tiny_model()
+def test_written_out_loss_equals_the_models_own(blocks, random_gpt2):
+    model = random_gpt2(**TRAINING_SHAPE)
     batch = torch.from_numpy(blocks[0][:3].astype(np.int64))
     out = model(batch, labels=batch)  # transformers shifts the labels itself
     assert torch.allclose(causal_lm_loss(out.logits, batch), out.loss, atol=1e-6)
 
 
-def test_written_out_loss_has_the_models_gradient(blocks):
+def test_written_out_loss_has_the_models_gradient(blocks, random_gpt2):
     """The helper shifts the labels instead of slicing the logits: same gradient as transformers' loss."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     batch = torch.from_numpy(blocks[0][:3].astype(np.int64))
-    logits = tiny_model()(batch).logits.detach()
+    logits = random_gpt2(**TRAINING_SHAPE)(batch).logits.detach()
     ours = logits.clone().requires_grad_()
     theirs = logits.clone().requires_grad_()
     causal_lm_loss(ours, batch).backward()
@@ -71,8 +68,8 @@ def test_written_out_loss_has_the_models_gradient(blocks):
     assert torch.allclose(ours.grad, theirs.grad, atol=1e-9)
 
 
-def test_optimizer_skips_decay_on_biases_and_norms():
-    model = tiny_model()
+def test_optimizer_skips_decay_on_biases_and_norms(random_gpt2):
+    model = random_gpt2(**TRAINING_SHAPE)
     decay, no_decay = make_optimizer(model, lr=1e-3).param_groups
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -88,34 +85,34 @@ def test_micro_batches_cover_each_block_once_per_epoch():
     assert torch.equal(micro_batch(train_blocks, 3, 4, seed=1), micro_batch(train_blocks, 3, 4, seed=1))
 
 
-def test_loss_decreases(blocks):
-    result = train(tiny_model(), *blocks, config(num_steps=12), progress=False)
+def test_loss_decreases(blocks, random_gpt2):
+    result = train(random_gpt2(**TRAINING_SHAPE), *blocks, config(num_steps=12), progress=False)
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert "valid_loss" in result.history[3] and {"lr", "tokens_per_s", "grad_norm"} <= result.history[0].keys()
 
 
-def test_resume_gives_identical_parameters(blocks, tmp_path):
-    straight = train(tiny_model(), *blocks, config(), progress=False).model
-    first = train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, stop_after=4, progress=False)
+def test_resume_gives_identical_parameters(blocks, tmp_path, random_gpt2):
+    straight = train(random_gpt2(**TRAINING_SHAPE), *blocks, config(), progress=False).model
+    first = train(random_gpt2(**TRAINING_SHAPE), *blocks, config(), checkpoint_dir=tmp_path, stop_after=4, progress=False)
     assert first.history[-1]["step"] == 4
-    resumed = train(tiny_model(seed=99), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
+    resumed = train(random_gpt2(seed=99, **TRAINING_SHAPE), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
     assert resumed.resumed_from == 4
     assert len(resumed.history) == 8
     for (name, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
 
 
-def test_checkpoints_are_complete_and_pruned(blocks, tmp_path):
-    train(tiny_model(), *blocks, config(keep_checkpoints=2), checkpoint_dir=tmp_path, progress=False)
+def test_checkpoints_are_complete_and_pruned(blocks, tmp_path, random_gpt2):
+    train(random_gpt2(**TRAINING_SHAPE), *blocks, config(keep_checkpoints=2), checkpoint_dir=tmp_path, progress=False)
     names = [p.name for p in list_checkpoints(tmp_path)]
     assert names == ["step-000006", "step-000008"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(blocks, tmp_path):
-    train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
+def test_corrupt_latest_checkpoint_falls_back_to_previous(blocks, tmp_path, random_gpt2):
+    train(random_gpt2(**TRAINING_SHAPE), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
     latest = list_checkpoints(tmp_path)[-1]
     state_file = latest / "state.pt"
     state_file.write_bytes(state_file.read_bytes()[:1000])  # a torn write
@@ -124,8 +121,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(blocks, tmp_path):
     assert path.name == "step-000006" and state["step"] == 6
 
 
-def test_partial_checkpoint_folder_is_ignored(blocks, tmp_path):
-    train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, stop_after=2, progress=False)
+def test_partial_checkpoint_folder_is_ignored(blocks, tmp_path, random_gpt2):
+    train(random_gpt2(**TRAINING_SHAPE), *blocks, config(), checkpoint_dir=tmp_path, stop_after=2, progress=False)
     partial = tmp_path / ".tmp-step-000004-123"
     shutil.copytree(list_checkpoints(tmp_path)[-1], partial)
     (tmp_path / "step-000009").mkdir()  # a folder with nothing in it
@@ -136,9 +133,9 @@ def test_partial_checkpoint_folder_is_ignored(blocks, tmp_path):
 
 @pytest.mark.parametrize("meta", ["null", "[]", '"step"', "{}", '{"step": 8}', '{"sha256": "ab", "step": "8"}',
                                   "{half"], ids=["null", "list", "string", "empty", "no-sha", "step-text", "torn"])
-def test_any_damage_of_meta_json_falls_back_with_a_warning_naming_the_file(blocks, tmp_path, meta):
+def test_any_damage_of_meta_json_falls_back_with_a_warning_naming_the_file(blocks, tmp_path, meta, random_gpt2):
     """The finding: meta.json holding null or [] raised TypeError instead of falling back."""
-    train(tiny_model(), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
+    train(random_gpt2(**TRAINING_SHAPE), *blocks, config(), checkpoint_dir=tmp_path, progress=False)
     latest = list_checkpoints(tmp_path)[-1]
     (latest / "meta.json").write_text(meta)
     with pytest.warns(UserWarning, match=f"{latest.name}.*meta.json"):
@@ -176,9 +173,9 @@ def test_random_states_survive_a_weights_only_round_trip(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_empty_data_is_a_clear_error():
+def test_empty_data_is_a_clear_error(random_gpt2):
     with pytest.raises(ValueError, match="empty"):
-        train(tiny_model(), np.zeros((0, 16), dtype=np.uint16), None, config(), progress=False)
+        train(random_gpt2(**TRAINING_SHAPE), np.zeros((0, 16), dtype=np.uint16), None, config(), progress=False)
 
 
 @pytest.mark.slow
