@@ -94,7 +94,7 @@ def test_measured_minutes_go_into_the_metadata_and_the_map(tmp_path):
     assert measured == {"01_a.ipynb": {"smoke": 1, "cpu": 2}}  # 61.2 s rounds up to 2 minutes
     assert _read(notebooks / "01_a.ipynb").metadata["course"]["minutes"] == {"smoke": 1, "cpu": 2, "gpu": 9}
     assert (notebooks / "02_b.ipynb").read_bytes() == untouched
-    assert "| 1 / 2 / 9 |" in course_map_markdown(notebooks).splitlines()[2]
+    assert "| 1 / 2 / ~9 |" in course_map_markdown(notebooks).splitlines()[2]
 
 
 def test_reading_minutes_go_into_the_title_line_and_the_map(tmp_path):
@@ -109,8 +109,27 @@ def test_reading_minutes_go_into_the_title_line_and_the_map(tmp_path):
 
     line = _read(notebooks / "01_a.ipynb").cells[0].source.splitlines()[-1]
     assert line == ("**Estimated time**: 45 min of reading and exercises; "
-                    "compute 1 min in `smoke` mode · 3 min in `cpu` mode · 2 min in `gpu` mode")
-    assert course_map_markdown(notebooks).splitlines()[2].endswith("| 45 | 1 / 3 / 2 |")
+                    "compute 1 min in `smoke` mode · 3 min in `cpu` mode · ~2 min in `gpu` mode (an estimate)")
+    assert course_map_markdown(notebooks).splitlines()[2].endswith("| 45 | 1 / 3 / ~2 |")
+
+
+def test_gpu_minutes_are_estimates_until_a_gpu_run_measures_them(tmp_path):
+    notebooks, executed = tmp_path / "notebooks", tmp_path / "executed"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · a\n\n**Estimated time**: old words")])
+    nb.metadata["course"] = {"title": "a", "objectives": ["x"], "prerequisites": [], "minutes": {"smoke": 1, "cpu": 3, "gpu": 25}}
+    nbformat.write(nb, notebooks / "01_a.ipynb")
+    assert course_map_markdown(notebooks).splitlines()[2].endswith("| 1 / 3 / ~25 |")
+    (executed / "gpu").mkdir(parents=True)
+    (executed / "gpu" / "timings.json").write_text(json.dumps({"01_a.ipynb": 130.0}))
+    nbformat.write(nb, executed / "gpu" / "01_a.ipynb")  # ran without an error
+
+    merge_measured_minutes(notebooks, executed)
+
+    measured = _read(notebooks / "01_a.ipynb")
+    assert measured.metadata["course"]["estimated"] == [] and measured.metadata["course"]["minutes"]["gpu"] == 3
+    assert measured.cells[0].source.endswith("3 min in `gpu` mode")
+    assert course_map_markdown(notebooks).splitlines()[2].endswith("| 1 / 3 / 3 |")
 
 
 def test_unreadable_timings_are_a_clear_error(tmp_path):
