@@ -130,7 +130,7 @@ def test_a_base_checksum_mismatch_is_refused_naming_both_checksums(adapter_regis
     assert registry.get("v1", root=adapter_registry).kind == "full"  # the base is still fine
 
 
-def test_a_base_folder_changed_after_registration_is_refused(tmp_path, folders, monkeypatch):
+def test_a_base_folder_changed_after_registration_fails_its_checksum(tmp_path, folders, monkeypatch):
     monkeypatch.setattr(registry, "REPO_ROOT", tmp_path)  # the base folder must lie inside the repository
     base = save_base(tmp_path / "models" / "base")
     adapter = save_adapter(base, tmp_path / "adapter")
