@@ -55,11 +55,21 @@ def table(header: Sequence[str], body: Sequence[Sequence[str]], format: str = "m
     return "\n".join(lines)
 
 
+def size_text(size: int) -> str:
+    """Bytes as a short human figure: ``812 B``, ``97.3 KB``, ``14.5 MB`` (1 KB = 1000 bytes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def _cell(column: str, value: object) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if column == "size" and isinstance(value, int):
+        return size_text(value)
     if isinstance(value, float):
         if column == "relative":
             return f"{value:+.1%}"
@@ -67,17 +77,18 @@ def _cell(column: str, value: object) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[NamedTuple], format: str = "text") -> str:
+def format_table(rows: Sequence[NamedTuple], format: str = "text", labels: Mapping[str, str] | None = None) -> str:
     """Rows of named tuples (registry versions, comparisons, gate checks) as a table.
 
-    Columns are the tuple's fields; ``None`` shows as ``—``, booleans as yes/no, a
-    ``relative`` column as a signed percentage. Introduced in ``08_iteration.ipynb``.
+    Columns are the tuple's fields, titled by ``labels`` where it names them (a comparison's
+    ``a`` and ``b`` become the two versions); ``None`` shows as ``—``, booleans as yes/no, a
+    ``relative`` column as a signed percentage, a ``size`` in KB/MB. Introduced in ``08_iteration.ipynb``.
     """
     if not rows:
         return "(no rows)"
-    header = list(rows[0]._fields)
-    body = [[_cell(h, v) for h, v in zip(header, row, strict=True)] for row in rows]
-    return table(header, body, format)
+    fields = list(rows[0]._fields)
+    body = [[_cell(h, v) for h, v in zip(fields, row, strict=True)] for row in rows]
+    return table([(labels or {}).get(h, h) for h in fields], body, format)
 
 
 # --------------------------------------------------------------------------- decoding samples (06)

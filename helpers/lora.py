@@ -11,13 +11,17 @@ cells (a test checks the notebook's code is this code). Reused here:
 * :func:`training_memory`: the bytes one training step holds, part by part (05's table);
 * :func:`train_lora`, :func:`save_lora` and :func:`load_lora`: 05's adapter, saved under
   ``artifacts/models/lora/`` and rebuilt when missing, as :func:`helpers.finetune.load_finetuned`
-  does for 04's model.
+  does for 04's model;
+* :func:`check_adapter_folder` and :func:`merge_adapter`: an adapter folder checked and merged into
+  its base, with errors that name the problem (the registry's adapter versions in 08, and
+  ``python -m helpers.serving --adapter``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +39,7 @@ DEFAULT_ALPHA = 16  # alpha = 2 r: the update is scaled by alpha / r = 2
 LORA_LR_FACTOR = 5  # LoRA's learning rate, in multiples of the mode's full fine-tuning rate (05 explains why)
 LORA_DIR = "models/lora"  # under artifacts/
 ADAPTER_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes
+ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_INFO = "training.json"
 
 
@@ -264,3 +269,65 @@ def load_lora(settings: Settings | None = None, progress: bool = True):
         info = json.loads(info_file.read_text())
     base, _ = load_model(source)
     return PeftModel.from_pretrained(base, folder), AutoTokenizer.from_pretrained(folder), info
+
+
+# ---------------------------------------------------------------- an adapter folder, merged into its base
+
+
+def check_adapter_folder(folder: Path | str) -> Path:
+    """``folder`` as a path when it holds a LoRA adapter (config and weights); else an error naming what is wrong.
+
+    Introduced in ``08_iteration.ipynb`` (the registry's adapter versions); the service's
+    ``--adapter`` uses it too.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter folder {folder} does not exist; pass the folder an adapter's "
+                                "save_pretrained wrote (05_lora)")
+    if not (folder / ADAPTER_CONFIG).is_file():
+        looks_like = " (it holds config.json: a full model, not an adapter)" if (folder / "config.json").is_file() else ""
+        raise ValueError(f"{folder} is not a LoRA adapter: it has no {ADAPTER_CONFIG}{looks_like}; pass the folder "
+                         "an adapter's save_pretrained wrote (05_lora)")
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} is unreadable ({err}); save the adapter again") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValueError(f"{folder / ADAPTER_CONFIG} does not describe a LoRA adapter (peft_type "
+                         f"{config.get('peft_type') if isinstance(config, dict) else None!r}); save a LoRA adapter")
+    if not (folder / ADAPTER_FILE).is_file():
+        raise FileNotFoundError(f"{folder} has no {ADAPTER_FILE}; save the adapter again with save_pretrained")
+    return folder
+
+
+def merge_adapter(base: nn.Module, adapter_dir: Path | str) -> nn.Module:
+    """``base`` with the LoRA adapter in ``adapter_dir`` merged into its weights: a plain model again.
+
+    ``PeftModel.from_pretrained`` then ``merge_and_unload`` (05 shows the merged logits equal the
+    adapter's). An adapter made for another base shape is a ``ValueError`` naming the mismatch;
+    peft itself would load one made for fewer layers without a word. ``base`` is changed in place.
+    Introduced in ``08_iteration.ipynb``.
+    """
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    folder = check_adapter_folder(adapter_dir)
+    with safe_open(str(folder / ADAPTER_FILE), "pt") as f:
+        saved = set(f.keys())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")  # peft 0.21 on transformers 5
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # said below, in one line
+        try:
+            model = PeftModel.from_pretrained(base, folder)
+        except RuntimeError as err:
+            mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+            raise ValueError(f"adapter {folder} was made for another base shape: {mismatch}") from None
+        except ValueError as err:  # e.g. its target modules are not in this base
+            raise ValueError(f"adapter {folder} does not fit this base: {err}") from None
+    expected = set(get_peft_model_state_dict(model))
+    if saved != expected:
+        extra, missing = sorted(saved - expected), sorted(expected - saved)
+        raise ValueError(f"adapter {folder} was made for another base shape: it has {len(saved)} matrices, this base "
+                         f"needs {len(expected)} ({'extra: ' + extra[0] if extra else 'missing: ' + missing[0]})")
+    return model.merge_and_unload().eval()

@@ -14,6 +14,12 @@ model is kept only when it is measurably better and still works. The registry li
 ``previous`` is what :func:`rollback` walks back through; ``history`` records every version
 that was made current, in order, and is never shortened.
 
+A version is ``full`` (a release folder: the whole model) or an ``adapter`` version
+(:func:`register_adapter`): its ``model/`` holds only a LoRA adapter and the tokenizer, and its
+entry names the base (a full registry version, or a folder inside the repository) with the
+base weights' sha256. Every read of an adapter version checks that checksum, so an adapter is
+never silently applied to other weights; :func:`load` merges it into its base.
+
 Every write is atomic and locked. A version is built in a hidden temporary folder beside its
 final place and renamed into place in one step; ``current.json`` is written to a temporary
 file and renamed the same way (``helpers.atomic``). A crash leaves either the old state or
@@ -45,12 +51,14 @@ from typing import Any, NamedTuple
 
 from helpers import cards
 from helpers.atomic import build_folder, locked, remove_path, sha256_file, write_text_atomic, writer_state
-from helpers.settings import get_settings
+from helpers.settings import REPO_ROOT, get_settings
 
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is hashed
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # an adapter version's weights (helpers.lora.ADAPTER_FILE)
 ENTRY_FILE = "entry.json"
 CURRENT_FILE = "current.json"
 MODEL_DIR = "model"
+FULL, ADAPTER = "full", "adapter"  # the two kinds of version
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _AUTO_VERSION = re.compile(r"v(\d+)")
 
@@ -84,18 +92,37 @@ class Entry:
     weights_file: str  # relative to model_dir
     weights_sha256: str
     path: Path  # registry/versions/<version>
+    kind: str = FULL  # or ADAPTER: model_dir holds a LoRA adapter for ``base``
+    base: dict[str, str] | None = None  # an adapter's base: {"version": "v1"} or {"folder": "data/models/..."}
+    base_sha256: str | None = None  # the base weights' sha256 when the adapter was registered
 
     @property
     def model_dir(self) -> Path:
         return self.path / MODEL_DIR
 
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder of an adapter version's base model (``None`` for a full version)."""
+        if self.base is None:
+            return None
+        if "version" in self.base:
+            return self.path.parent / self.base["version"] / MODEL_DIR
+        return REPO_ROOT / self.base["folder"]
+
+    @property
+    def description(self) -> str:
+        """``full``, or ``adapter of v1`` (of the base's version or folder)."""
+        return FULL if self.base is None else f"adapter of {next(iter(self.base.values()))}"
+
 
 class VersionInfo(NamedTuple):
-    """One row of :func:`list_versions`: ``problem`` is ``None`` for a healthy version."""
+    """One row of :func:`list_versions`: ``problem`` is ``None`` for a healthy version; ``size`` in bytes."""
 
     version: str
     is_current: bool
+    kind: str | None  # "full" or "adapter of v1"
     parent: str | None
+    size: int | None  # the version folder on disk, entry included
     created: str | None
     problem: str | None
 
@@ -108,6 +135,15 @@ class MetricRow(NamedTuple):
     b: float | None
     delta: float | None
     relative: float | None
+
+
+class Comparison(list):
+    """What :func:`compare` returns: its :class:`MetricRow` rows, and the two versions' names as
+    ``labels`` (``{"a": "v1", "b": "v3"}``), which :func:`format_table` uses as column titles."""
+
+    def __init__(self, rows: Sequence[MetricRow], a: str, b: str):
+        super().__init__(rows)
+        self.labels = {"a": a, "b": b}
 
 
 class GateRow(NamedTuple):
@@ -177,6 +213,7 @@ _ENTRY_FIELDS = {
     "version": str, "parent": (str, type(None)), "created": str, "data_manifest_hashes": dict,
     "training_config": dict, "metrics": dict, "weights_file": str, "weights_sha256": str,
 }
+_ADAPTER_FIELDS = {"base": dict, "base_sha256": str}  # required when "kind" is "adapter"; older entries are full
 
 
 def _read_entry(folder: Path) -> Entry:
@@ -201,9 +238,57 @@ def _read_entry(folder: Path) -> Entry:
             raise DamagedVersionError(f"version {version}: {ENTRY_FILE} has a malformed {key!r}")
     if raw["version"] != version:
         raise DamagedVersionError(f"version {version}: {ENTRY_FILE} says it is version {raw['version']!r}")
-    entry = Entry(**{key: raw[key] for key in _ENTRY_FIELDS}, path=folder)
+    kind = raw.get("kind", FULL)
+    if kind == ADAPTER:
+        for key, type_ in _ADAPTER_FIELDS.items():
+            if not isinstance(raw.get(key), type_):
+                raise DamagedVersionError(f"version {version}: an adapter's {ENTRY_FILE} lacks a valid {key!r}")
+        if len(raw["base"]) != 1 or not isinstance(raw["base"].get("version", raw["base"].get("folder")), str):
+            raise DamagedVersionError(f"version {version}: {ENTRY_FILE} has a malformed 'base' (one of "
+                                      "{'version': ...} or {'folder': ...})")
+    elif kind != FULL:
+        raise DamagedVersionError(f"version {version}: {ENTRY_FILE} has kind {kind!r}; expected {FULL!r} or {ADAPTER!r}")
+    extra = {key: raw[key] for key in _ADAPTER_FIELDS} if kind == ADAPTER else {}
+    entry = Entry(**{key: raw[key] for key in _ENTRY_FIELDS}, path=folder, kind=kind, **extra)
     _check_weights(entry)
+    if kind == ADAPTER:
+        _check_base(entry)
     return entry
+
+
+def _base_weights(base: Mapping[str, str], versions: Path, who: str) -> Path:
+    """The weights file of an adapter's ``base`` (a version in ``versions`` or a repository folder).
+
+    ``who`` starts the ``DamagedVersionError`` raised when the base is gone, damaged or not a full model.
+    """
+    name = base.get("version")
+    if name is not None:
+        try:
+            entry = _read_entry(versions / _check_version_name(name))
+        except (DamagedVersionError, ValueError) as err:
+            raise DamagedVersionError(f"{who}: its base {name} is missing or damaged ({err})") from None
+        if entry.kind != FULL:
+            raise DamagedVersionError(f"{who}: its base {name} is an adapter version, not a full model")
+        return entry.model_dir / entry.weights_file
+    folder = (REPO_ROOT / base["folder"]).resolve()
+    if not folder.is_relative_to(REPO_ROOT):
+        raise DamagedVersionError(f"{who}: its base folder {base['folder']!r} is outside the repository")
+    weights_file = next((n for n in WEIGHTS_FILES if (folder / n).is_file()), None)
+    if weights_file is None:
+        raise DamagedVersionError(f"{who}: its base folder {base['folder']} has no weights ({' or '.join(WEIGHTS_FILES)})")
+    return folder / weights_file
+
+
+def _check_base(entry: Entry) -> None:
+    """An adapter's base weights are the ones it was registered for (same sha256)."""
+    actual = sha256_file(_base_weights(entry.base, entry.path.parent, f"version {entry.version}"))
+    if actual != entry.base_sha256:
+        raise DamagedVersionError(
+            f"version {entry.version}: base checksum mismatch: the adapter was registered for base weights with "
+            f"sha256 {entry.base_sha256}, but {entry.description.removeprefix('adapter of ')} now has sha256 "
+            f"{actual}; applying it would give a different model. Register the adapter again on the base it was "
+            "trained on"
+        )
 
 
 def _check_weights(entry: Entry) -> None:
@@ -310,19 +395,20 @@ def list_versions(*, root: Path | str | None = None) -> list[VersionInfo]:
         current_version = None
     rows = []
     for folder in _version_folders(root):
-        parent = created = problem = None
+        kind = parent = created = problem = None
         try:
             entry = _read_entry(folder)
-            parent, created = entry.parent, entry.created
+            kind, parent, created = entry.description, entry.parent, entry.created
         except DamagedVersionError as err:
             problem = str(err).removeprefix(f"version {folder.name}: ")
-        rows.append(VersionInfo(folder.name, folder.name == current_version, parent, created, problem))
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        rows.append(VersionInfo(folder.name, folder.name == current_version, kind, parent, size, created, problem))
     for path in _leftovers(root):
         if writer_state(path) == "running":
             problem = "being written by a running process"
         else:
             problem = "left by an interrupted write; registry.clean() removes it (so does the next write)"
-        rows.append(VersionInfo(path.name, False, None, None, problem))
+        rows.append(VersionInfo(path.name, False, None, None, None, None, problem))
     return rows
 
 
@@ -347,14 +433,14 @@ def _clean_locked(root: Path | str | None) -> list[str]:
     return removed
 
 
-def _release_weights(release: Path) -> str:
+def _release_weights(release: Path, weights_files: Sequence[str] = WEIGHTS_FILES) -> str:
     """The release's weights file name; a clear error for a folder that is not a release."""
     if not release.is_dir():
         raise FileNotFoundError(f"release folder {release} does not exist; export one first (07_deployment)")
-    weights_file = next((name for name in WEIGHTS_FILES if (release / name).is_file()), None)
+    weights_file = next((name for name in weights_files if (release / name).is_file()), None)
     if weights_file is None:
         raise FileNotFoundError(
-            f"release folder {release} has no weights file ({' or '.join(WEIGHTS_FILES)}); "
+            f"release folder {release} has no weights file ({' or '.join(weights_files)}); "
             "export it with save_pretrained first (07_deployment)"
         )
     for path in release.rglob("*"):
@@ -397,6 +483,57 @@ def register(
     release = Path(release_dir)
     weights_file = _release_weights(release)
     metadata = _checked_metadata(data_manifest_hashes, training_config, metrics)
+    return _register(release, weights_file, lambda existing: {}, version, parent, metadata, root)
+
+
+def register_adapter(
+    adapter_dir: Path | str,
+    *,
+    base: str | Path,
+    version: str | None = None,
+    parent: str | None = None,
+    data_manifest_hashes: Mapping[str, str],
+    training_config: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    root: Path | str | None = None,
+) -> Entry:
+    """Register a LoRA adapter folder (``save_pretrained``'s files and the tokenizer) as an adapter version.
+
+    ``base`` is what it was trained on: a registered full version (``"v1"``, a ``str``) or a
+    model folder inside the repository (a ``Path``, e.g. ``data/models/tiny-gpt2-base``). The
+    entry records that reference and the base weights' sha256; only the adapter's files are
+    copied (kilobytes, not the base's megabytes). Atomic and locked like :func:`register`.
+    Introduced in ``08_iteration.ipynb``.
+    """
+    from helpers.lora import check_adapter_folder
+
+    adapter = check_adapter_folder(adapter_dir)
+    _release_weights(adapter, weights_files=(ADAPTER_WEIGHTS,))
+    metadata = _checked_metadata(data_manifest_hashes, training_config, metrics)
+    if isinstance(base, Path):
+        base_folder = base.resolve()
+        if not base_folder.is_relative_to(REPO_ROOT):
+            raise ValueError(f"base folder {base} is outside the repository; an entry may only name folders inside "
+                             "it (no machine paths): register the base as a version and pass its name")
+        reference = {"folder": base_folder.relative_to(REPO_ROOT).as_posix()}
+    elif isinstance(base, str):
+        reference = {"version": _check_version_name(base)}
+    else:
+        raise TypeError(f"base must be a version name (str) or a folder (Path), got {type(base).__name__}")
+
+    def base_fields(existing: list[str]) -> dict[str, Any]:
+        if "version" in reference and reference["version"] not in existing:
+            raise UnknownVersionError(f"base {reference['version']!r} is not registered (registered: "
+                                      f"{', '.join(existing) or 'none yet'}); register the base first")
+        weights = _base_weights(reference, _versions_dir(root), f"adapter {adapter}")
+        return {"kind": ADAPTER, "base": reference, "base_sha256": sha256_file(weights)}
+
+    return _register(adapter, ADAPTER_WEIGHTS, base_fields, version, parent, metadata, root)
+
+
+def _register(source: Path, weights_file: str, extra_fields: Callable[[list[str]], dict[str, Any]],
+              version: str | None, parent: str | None, metadata: dict, root: Path | str | None) -> Entry:
+    """Copy ``source`` into a new version folder with its entry, atomically and under the lock."""
     with locked(registry_root(root)):
         existing = [p.name for p in _version_folders(root)]
         if version is None:
@@ -413,9 +550,10 @@ def register(
                 f"parent {parent!r} is not registered (registered: {', '.join(existing) or 'none yet'}); "
                 "register the parent first or pass parent=None"
             )
+        extra = extra_fields(existing)
         try:
             with build_folder(_versions_dir(root) / version, overwrite=False) as building:
-                shutil.copytree(release, building / MODEL_DIR)
+                shutil.copytree(source, building / MODEL_DIR)
                 record = {
                     "version": version,
                     "parent": parent,
@@ -423,12 +561,36 @@ def register(
                     **metadata,
                     "weights_file": weights_file,
                     "weights_sha256": sha256_file(building / MODEL_DIR / weights_file),
+                    **extra,
                 }
                 _write_json_atomic(building / ENTRY_FILE, record)
         except FileExistsError:
             raise taken from None
         _clean_locked(root)
     return _read_entry(_versions_dir(root) / version)
+
+
+def load(version: str, *, root: Path | str | None = None, device: str | None = None):
+    """``(model, tokenizer)`` of a version, ready to evaluate or serve; both checksums verified first.
+
+    A full version loads as it was released. An adapter version is loaded onto its base and
+    merged (``merge_and_unload``): the result is a plain ``GPT2LMHeadModel`` that computes
+    base + adapter at the base's speed, which the evaluation and the service take as they
+    take any other model. (A ``PeftModel`` would keep the adapter separate, to switch adapters
+    on one base; one model per version needs no switching.) Introduced in ``08_iteration.ipynb``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.lora import merge_adapter
+
+    entry = get(version, root=root)
+    model = AutoModelForCausalLM.from_pretrained(entry.base_dir or entry.model_dir, dtype=torch.float32)
+    if entry.kind == ADAPTER:
+        model = merge_adapter(model, entry.model_dir)
+    tokenizer_files = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+    tokenizer_dir = entry.model_dir if any((entry.model_dir / n).is_file() for n in tokenizer_files) else entry.base_dir
+    return model.to(device or "cpu").eval(), AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def current(*, root: Path | str | None = None) -> Entry | None:
@@ -499,11 +661,12 @@ def rollback(*, root: Path | str | None = None) -> Entry:
     return entry
 
 
-def compare(a: str, b: str, *, root: Path | str | None = None) -> list[MetricRow]:
+def compare(a: str, b: str, *, root: Path | str | None = None) -> Comparison:
     """Metric by metric, version ``b`` against version ``a`` (the union of both versions' metrics).
 
     A metric one version lacks shows ``None``; so do ``delta`` and ``relative`` then.
-    ``format_table(compare("v1", "v2"))`` prints it. Introduced in ``08_iteration.ipynb``.
+    ``format_table(compare("v1", "v2"))`` prints it, with columns titled ``v1`` and ``v2``.
+    Introduced in ``08_iteration.ipynb``.
     """
     ma, mb = get(a, root=root).metrics, get(b, root=root).metrics
     rows = []
@@ -512,15 +675,16 @@ def compare(a: str, b: str, *, root: Path | str | None = None) -> list[MetricRow
         delta = vb - va if va is not None and vb is not None else None
         relative = delta / va if delta is not None and va != 0 else None
         rows.append(MetricRow(name, va, vb, delta, relative))
-    return rows
+    return Comparison(rows, a, b)
 
 
 def format_table(rows: Sequence[NamedTuple]) -> str:
     """A plain-text table of :func:`list_versions`, :func:`compare` or gate rows (``relative`` as %).
 
-    Introduced in ``08_iteration.ipynb``; the rendering is :func:`helpers.cards.format_table`.
+    A comparison's columns are titled with its two versions. Introduced in ``08_iteration.ipynb``;
+    the rendering is :func:`helpers.cards.format_table`.
     """
-    return cards.format_table(rows)
+    return cards.format_table(rows, labels=getattr(rows, "labels", None))
 
 
 # --------------------------------------------------------------------------- the promotion gate

@@ -168,8 +168,19 @@ def _dedupe(texts, min_chars):
     return out
 
 
+def _gate(candidate, current):
+    # 08's rule, written from its statement: at least 5 % lower on the new data, at most 2 % higher held out
+    return (candidate["new_data_ppl"] <= 0.95 * current["new_data_ppl"]
+            and candidate["heldout_ppl"] <= 1.02 * current["heldout_ppl"])
+
+
 # (check, a right function written here independently, a wrong one)
 FUNCTION_CASES = [
+    (exercises.check_gate_rule, _gate, lambda c, cur: c["new_data_ppl"] < 0.95 * cur["new_data_ppl"]
+     and c["heldout_ppl"] < 1.02 * cur["heldout_ppl"]),  # strict: refuses a candidate exactly at a threshold
+    (exercises.check_gate_rule, _gate, lambda c, cur: not c["new_data_ppl"] > 0.95 * cur["new_data_ppl"]
+     and not c["heldout_ppl"] > 1.02 * cur["heldout_ppl"]),  # promotes a diverged (nan) candidate
+    (exercises.check_gate_rule, _gate, lambda c, cur: c["new_data_ppl"] <= 0.95 * cur["new_data_ppl"]),
     (exercises.check_pick_precision, _precision, lambda d, c, b: "fp16" if d == "cpu" else _precision(d, c, b)),
     (exercises.check_pick_mode, _mode, lambda value, cuda: (value or "cpu").strip().lower()),  # accepts anything
     (exercises.check_pick_mode, _mode, lambda value, cuda: "cpu" if not value else _mode(value, cuda)),  # ignores CUDA
@@ -198,6 +209,22 @@ def test_function_exercises_survive_unfinished_broken_and_non_functions(check, c
     check(lambda *args: 1 / 0)
     out = capsys.readouterr().out
     assert out.startswith(exercises.WRONG) and "ZeroDivisionError" in out
+
+
+def test_the_checksum_check_compares_with_hashlib(tmp_path, capsys):
+    import hashlib
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not really weights")
+    exercises.check_weights_sha256(hashlib.sha256(b"not really weights").hexdigest(), weights)
+    assert capsys.readouterr().out.startswith(exercises.CORRECT)
+    exercises.check_weights_sha256(hashlib.md5(b"not really weights").hexdigest(), weights)
+    out = capsys.readouterr().out
+    assert out.startswith(exercises.WRONG) and "Hint:" in out
+    exercises.check_weights_sha256(None, weights)
+    assert capsys.readouterr().out.startswith(exercises.NOT_DONE)
+    exercises.check_weights_sha256(b"bytes", weights)
+    assert capsys.readouterr().out.startswith(exercises.WRONG)
 
 
 def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
@@ -249,3 +276,8 @@ def test_notebook_solutions_are_correct_and_stubs_are_not_done(notebook, capsys)
         stub = stub_source(source, "your answer")  # what the workshop build puts in its place
         exec(stub, _namespace(notebook))
         assert capsys.readouterr().out.startswith(exercises.NOT_DONE), stub
+
+
+def test_notebook_08_has_three_checked_exercises_each_ending_with_its_check():
+    # 08's solutions need its trained candidates, so they run where the notebook runs (nbval), not here
+    test_notebook_has_three_checked_exercises_each_ending_with_its_check("08_iteration.ipynb")

@@ -225,7 +225,7 @@ def test_compare_takes_the_union_of_metrics(make_release, root):
     assert speed == ("tokens_per_s", None, 900, None, None)
     text = registry.format_table(rows)
     assert "-10.0%" in text and "+1.0%" in text
-    assert text.splitlines()[0].split() == ["metric", "a", "b", "delta", "relative"]
+    assert text.splitlines()[0].split() == ["metric", "v1", "v2", "delta", "relative"]  # columns named after the versions
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.deployment import quantize_int8
+from helpers.lora import check_adapter_folder, merge_adapter
 from helpers.runtime import pick_device
 from helpers.serving import schema
 from helpers.serving.engine import Engine, QueueFull, Result, SamplingParams
@@ -87,23 +88,35 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     model_id: str
+    parent: str | None = None  # with an adapter: the base's name (``/v1/models`` says it, as vLLM does)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
 
 
 def load_for_serving(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
                      device: str | torch.device | None = None, int8: bool = False,
-                     chat_template: str | None = None, model_id: str | None = None) -> LoadedModel:
+                     chat_template: str | None = None, model_id: str | None = None,
+                     adapter_dir: str | os.PathLike | None = None) -> LoadedModel:
     """Load a release folder for serving, with clear errors. Introduced in ``07_deployment.ipynb``.
 
     The one place a model is loaded: ``int8`` serves :func:`helpers.deployment.quantize_int8`'s
     CPU copy; ``chat_template`` (a Jinja file, or the template itself) replaces the release's own,
-    as vLLM's ``--chat-template`` does; ``model_id`` defaults to the folder's name.
+    as vLLM's ``--chat-template`` does; ``model_id`` defaults to the folder's name. ``adapter_dir``
+    (08): a LoRA adapter merged into the model at load (:func:`helpers.lora.merge_adapter`), so it
+    is served at the base's speed; the adapter's folder then names the model and gives the tokenizer.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); pass a release written by "
                                 "helpers.deployment.export_release")
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else model_dir
-    if not any((tokenizer_dir / n).is_file() for n in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+    adapter = check_adapter_folder(adapter_dir) if adapter_dir is not None else None
+    if tokenizer_dir:
+        tokenizer_dir = Path(tokenizer_dir)
+    else:
+        tokenizer_dir = adapter if adapter is not None and _has_tokenizer(adapter) else model_dir
+    if not _has_tokenizer(tokenizer_dir):
         raise FileNotFoundError(f"no tokenizer files in {tokenizer_dir}; export the model with export_release (it "
                                 "saves the tokenizer) or pass --tokenizer DIR")
     if int8 and device is not None and torch.device(device).type != "cpu":
@@ -112,8 +125,12 @@ def load_for_serving(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
     if chat_template is not None:
         tokenizer.chat_template = _read_template(chat_template)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if adapter is not None:
+        model = merge_adapter(model, adapter)
     model = quantize_int8(model) if int8 else model.to(pick_device(str(device) if device is not None else None))
-    return LoadedModel(model, tokenizer, model_id or model_dir.resolve().name)
+    if adapter is None:
+        return LoadedModel(model, tokenizer, model_id or model_dir.resolve().name)
+    return LoadedModel(model, tokenizer, model_id or adapter.resolve().name, parent=model_dir.resolve().name)
 
 
 def _read_template(value: str) -> str:
@@ -133,6 +150,7 @@ class _Service:
 
     def __init__(self, loaded: LoadedModel, limits: ServingLimits, api_key: str | None):
         self.model_id, self.tokenizer, self.limits, self.api_key = loaded.model_id, loaded.tokenizer, limits, api_key
+        self.parent = loaded.parent
         self.metrics: ServingMetrics = new_metrics(loaded.model_id)
         self.engine = Engine(loaded.model, loaded.tokenizer, limits.max_batch_size, limits.max_queued, self.metrics)
         self.created = int(time.time())
@@ -364,16 +382,18 @@ def create_app(
     device: str | torch.device | None = None,
     int8: bool = False,
     chat_template: str | None = None,
+    adapter_dir: str | os.PathLike | None = None,
 ) -> FastAPI:
     """Build the FastAPI app serving the model in ``model_dir``. Introduced in ``07_deployment.ipynb``.
 
     ``api_key``: when set, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``.
     ``model_id`` (default: the folder's name) is the name clients pass as ``model``. The
     interactive docs (``/docs``, ``/redoc``, ``/openapi.json``) are off: they would describe the
-    API to anyone, key or not.
+    API to anyone, key or not. ``adapter_dir``: a LoRA adapter merged into the model at load
+    (08); ``/v1/models`` then lists the adapter, with its base as ``parent`` (as vLLM lists LoRA modules).
     """
-    service = _Service(load_for_serving(model_dir, tokenizer_dir, device, int8, chat_template, model_id), limits,
-                       api_key)
+    loaded = load_for_serving(model_dir, tokenizer_dir, device, int8, chat_template, model_id, adapter_dir)
+    service = _Service(loaded, limits, api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -430,7 +450,8 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
     authorized = [Depends(require_key)]
 
     def card() -> dict:
-        return {"id": service.model_id, "object": "model", "created": service.created, "owned_by": "course"}
+        card = {"id": service.model_id, "object": "model", "created": service.created, "owned_by": "course"}
+        return card if service.parent is None else {**card, "parent": service.parent}
 
     @app.get("/health")
     async def health() -> dict:

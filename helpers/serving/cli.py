@@ -148,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="TCP port (default: 8000)")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, if set)")
-    parser.add_argument("--model-id", help="the name clients pass as model (default: the folder's name)")
+    parser.add_argument("--adapter", help="a LoRA adapter folder (save_pretrained's), merged into --model at load")
+    parser.add_argument("--model-id", help="the name clients pass as model (default: the folder's name, the "
+                                           "adapter's with --adapter)")
     parser.add_argument("--tokenizer", help="tokenizer folder, when the model folder has none")
     parser.add_argument("--chat-template", help="Jinja chat template file for /v1/chat/completions "
                                                 "(default: the release's own)")
@@ -167,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.serving --model DIR``: serve a release with uvicorn until Ctrl-C or SIGTERM."""
+    """``python -m helpers.serving --model DIR [--adapter DIR]``: serve a release with uvicorn until Ctrl-C or SIGTERM."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
     transformers_logging.disable_progress_bar()  # a server log is no place for progress bars
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         sock = _bind(args.host, args.port)
         app = create_app(args.model, api_key=args.api_key, limits=limits, model_id=args.model_id,
                          tokenizer_dir=args.tokenizer, device=args.device, int8=args.int8,
-                         chat_template=args.chat_template)
+                         chat_template=args.chat_template, adapter_dir=args.adapter)
     except (OSError, ValueError, RuntimeError) as error:  # FileNotFoundError is an OSError
         if sock is not None:
             sock.close()
