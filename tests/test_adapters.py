@@ -13,10 +13,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from helpers import atomic, cards, lora, registry, serving
-from helpers.models import tokenizer_dir
 from helpers.registry import DamagedVersionError, UnknownVersionError
 from helpers.serving import create_app, free_port
 
@@ -26,16 +25,11 @@ METRICS = {"new_data_ppl": 50.0, "heldout_ppl": 40.0}
 R, ALPHA = 4, 8
 
 
-def tiny_base(n_embd: int = 32, n_layer: int = 2) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    # small: 2 layers x 32 wide, so every load takes well under a second; the full GPT-2
-    # vocabulary so the real tokenizer fits (the service and the registry load it)
-    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64)).eval()
-
-
-def save_base(folder, **shape):
-    tiny_base(**shape).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(folder)
+def save_base(folder, model, tokenizer):
+    """A base release folder: ``model`` (conftest's random_gpt2: the full GPT-2 vocabulary, so the real
+    tokenizer fits; the service and the registry load it) and the tokenizer."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -53,10 +47,10 @@ def save_adapter(base_dir, folder, seed: int = 2):
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, random_gpt2, tokenizer):
     """``(base release, adapter)`` folders, made once for the module."""
     top = tmp_path_factory.mktemp("adapters")
-    base = save_base(top / "base-release")
+    base = save_base(top / "base-release", random_gpt2(), tokenizer)
     return base, save_adapter(base, top / "shakespeare-lora")
 
 
@@ -130,9 +124,9 @@ def test_a_base_checksum_mismatch_is_refused_naming_both_checksums(adapter_regis
     assert registry.get("v1", root=adapter_registry).kind == "full"  # the base is still fine
 
 
-def test_a_base_folder_changed_after_registration_fails_its_checksum(tmp_path, folders, monkeypatch):
+def test_a_base_folder_changed_after_registration_fails_its_checksum(tmp_path, folders, monkeypatch, random_gpt2, tokenizer):
     monkeypatch.setattr(registry, "REPO_ROOT", tmp_path)  # the base folder must lie inside the repository
-    base = save_base(tmp_path / "models" / "base")
+    base = save_base(tmp_path / "models" / "base", random_gpt2(), tokenizer)
     adapter = save_adapter(base, tmp_path / "adapter")
     root = tmp_path / "registry"
     entry = registry.register_adapter(adapter, base=base, data_manifest_hashes=HASHES, training_config={},
@@ -143,7 +137,7 @@ def test_a_base_folder_changed_after_registration_fails_its_checksum(tmp_path, f
     assert torch.allclose(registry.load(entry.version, root=root)[0](IDS).logits, peft_logits(base, adapter, IDS),
                           atol=1e-5)
 
-    GPT2LMHeadModel(tiny_base().config).save_pretrained(base)  # new random weights, same shape
+    random_gpt2(seed=1).save_pretrained(base)  # new random weights, same shape
     after = atomic.sha256_file(base / "model.safetensors")
     with pytest.raises(DamagedVersionError, match="base checksum mismatch") as error:
         registry.load(entry.version, root=root)
@@ -211,14 +205,14 @@ def one_line(capsys, argv: list[str]) -> str:
     return err
 
 
-def test_a_bad_adapter_folder_is_one_clear_line(tmp_path, folders, capsys):
+def test_a_bad_adapter_folder_is_one_clear_line(tmp_path, folders, capsys, random_gpt2, tokenizer):
     base, adapter = folders
     assert "adapter folder" in one_line(capsys, ["--model", str(base), "--adapter", str(tmp_path / "nope")])
     err = one_line(capsys, ["--model", str(base), "--adapter", str(base)])
     assert "is not a LoRA adapter" in err and "full model" in err
-    wider = save_adapter(save_base(tmp_path / "wider-base", n_embd=64), tmp_path / "wider-adapter")
+    wider = save_adapter(save_base(tmp_path / "wider-base", random_gpt2(n_embd=64), tokenizer), tmp_path / "wider-adapter")
     assert "made for another base shape" in one_line(capsys, ["--model", str(base), "--adapter", str(wider)])
-    deeper = save_adapter(save_base(tmp_path / "deeper-base", n_layer=3), tmp_path / "deeper-adapter")
+    deeper = save_adapter(save_base(tmp_path / "deeper-base", random_gpt2(n_layer=3), tokenizer), tmp_path / "deeper-adapter")
     assert "made for another base shape" in one_line(capsys, ["--model", str(base), "--adapter", str(deeper)])
 
 
