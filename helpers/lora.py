@@ -30,6 +30,9 @@ import torch
 from torch import nn
 
 from helpers.atomic import build_folder
+from helpers.data import prepare
+from helpers.models import load_model, load_tokenizer, resolve_model_source
+from helpers.runtime import set_seed
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, causal_lm_loss, make_optimizer, train
 
@@ -229,9 +232,6 @@ def train_lora(settings: Settings | None = None, r: int = DEFAULT_R, alpha: floa
     """Train 05's adapter with ``peft`` on the prepared Shakespeare and save it (05's pipeline, in one call)."""
     from peft import get_peft_model
 
-    from helpers.data import prepare
-    from helpers.models import load_model, load_tokenizer, resolve_model_source
-    from helpers.runtime import set_seed
 
     settings = settings or get_settings()
     data = prepare(settings=settings, progress=progress)
@@ -252,7 +252,6 @@ def load_lora(settings: Settings | None = None, progress: bool = True):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from helpers.models import load_model, resolve_model_source
 
     settings = settings or get_settings()
     folder = lora_dir(settings)
