@@ -3,8 +3,8 @@
 Introduced in ``06_evaluation.ipynb``; the tiny base's model card (``tools/pretrain_tiny_base.py``)
 and 04's before/after numbers use the same perplexity functions. Read top to bottom:
 
-1. perplexity: sliding windows, the naive split, one score per document;
-2. intervals: a bootstrap over documents, for one model and for the difference of two;
+1. perplexity: sliding windows, the naive split, one score per document (06 writes the loop first);
+2. intervals (06 writes the bootstrap in its cells) and perplexity per word and per byte;
 3. generation: decoding strategies side by side, with distinct-n and repetition figures;
 4. probes: robustness to perturbed input, and a template bias probe (with its caveats);
 5. the report that ``07_deployment.ipynb`` puts on the model card.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -212,12 +213,16 @@ def chunk_tokens(ids: TokenIds, chunk_len: int) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Bootstrap intervals over documents
+# 2. Intervals, and perplexity without a tokenizer
 # ---------------------------------------------------------------------------------------------
 
 
 class Interval(NamedTuple):
-    """A point estimate and its bootstrap interval; unpacks as ``point, low, high``."""
+    """A point estimate and its bootstrap interval; unpacks as ``point, low, high``.
+
+    ``06_evaluation.ipynb`` writes the bootstrap that makes these (plain and paired) in its cells;
+    :func:`write_report` stores each as ``{"point", "low", "high"}``.
+    """
 
     point: float
     low: float
@@ -231,94 +236,37 @@ class PairedDifference(NamedTuple):
     relative: Interval  # (perplexity(b) - perplexity(a)) / perplexity(a)
 
 
-def _nll_arrays(results: Mapping[str, NLLResult], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    nll = np.array([results[name].nll_sum for name in names], dtype=np.float64)
-    tokens = np.array([results[name].num_tokens for name in names], dtype=np.float64)
-    if (tokens <= 0).any():
-        empty = [name for name, count in zip(names, tokens, strict=True) if count <= 0]
-        raise ValueError(f"documents with no scored tokens: {empty}; drop them before the bootstrap")
-    return nll, tokens
-
-
-def _resample(num_documents: int, num_samples: int, confidence: float, seed: int) -> np.ndarray:
-    """``(num_samples, num_documents)`` document indices drawn with replacement."""
-    if num_documents < 2:
-        raise ValueError(
-            f"a bootstrap over {num_documents} document says nothing about spread; "
-            "split a long text into pieces with chunk_tokens first"
-        )
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
-    return np.random.default_rng(seed).integers(0, num_documents, size=(num_samples, num_documents))
-
-
-def _interval(point: float, replicates: np.ndarray, confidence: float) -> Interval:
-    """Percentile interval: the middle ``confidence`` share of the replicates."""
-    low, high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return Interval(float(point), float(low), float(high))
-
-
-def bootstrap_perplexity(
-    results: Mapping[str, NLLResult], num_samples: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> Interval:
-    """Token-weighted perplexity over documents with a percentile bootstrap interval.
-
-    Introduced in ``06_evaluation.ipynb``. Each replicate draws as many documents as there
-    are, with replacement, and recomputes ``exp(sum of nll / sum of tokens)``: the same
-    token-weighted perplexity as the point estimate, never the mean of per-document
-    perplexities (which would let a short document weigh as much as a long one). The
-    documents are the unit of sampling because tokens within one document are not
-    independent. Returns ``Interval(point, low, high)``.
-    """
-    names = sorted(results)
-    nll, tokens = _nll_arrays(results, names)
-    index = _resample(len(names), num_samples, confidence, seed)
-    replicates = np.exp(nll[index].sum(axis=1) / tokens[index].sum(axis=1))
-    return _interval(math.exp(nll.sum() / tokens.sum()), replicates, confidence)
-
-
-def bootstrap_difference(
-    results_a: Mapping[str, NLLResult],
-    results_b: Mapping[str, NLLResult],
-    num_samples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> PairedDifference:
-    """Paired bootstrap of perplexity(b) - perplexity(a) over the same documents.
-
-    Introduced in ``06_evaluation.ipynb`` (a = base, b = fine-tuned). Each replicate draws
-    one set of document names and applies it to both models, so the documents' own
-    difficulty cancels out and the interval is about the models. Reports the difference in
-    perplexity and the relative change ``(b - a) / a``, each with its interval; use
-    :func:`excludes_zero` to ask whether the change is clear of noise.
-    """
-    if set(results_a) != set(results_b):
-        only_a, only_b = sorted(set(results_a) - set(results_b)), sorted(set(results_b) - set(results_a))
-        raise ValueError(
-            f"a paired comparison needs the same documents for both models; only in a: {only_a}, only in b: {only_b}"
-        )
-    names = sorted(results_a)
-    nll_a, tokens_a = _nll_arrays(results_a, names)
-    nll_b, tokens_b = _nll_arrays(results_b, names)
-    index = _resample(len(names), num_samples, confidence, seed)
-    ppl_a = np.exp(nll_a[index].sum(axis=1) / tokens_a[index].sum(axis=1))
-    ppl_b = np.exp(nll_b[index].sum(axis=1) / tokens_b[index].sum(axis=1))
-    point_a = math.exp(nll_a.sum() / tokens_a.sum())
-    point_b = math.exp(nll_b.sum() / tokens_b.sum())
-    return PairedDifference(
-        difference=_interval(point_b - point_a, ppl_b - ppl_a, confidence),
-        relative=_interval((point_b - point_a) / point_a, (ppl_b - ppl_a) / ppl_a, confidence),
-    )
-
-
-def excludes_zero(interval: Interval) -> bool:
-    """True when the whole interval lies on one side of 0: the change is clear of resampling noise.
+def count_words(text: str) -> int:
+    """Words as lm-evaluation-harness counts them: ``len(re.split(r"\\s+", text))`` on the original text.
 
     Introduced in ``06_evaluation.ipynb``.
     """
-    return interval.low > 0 or interval.high < 0
+    return len(re.split(r"\s+", text))
+
+
+def tokenizer_free_metrics(results: Mapping[str, NLLResult], texts: Mapping[str, str]) -> dict[str, float]:
+    """Token, word and byte perplexity and bits per byte of documents scored whole.
+
+    Introduced in ``06_evaluation.ipynb`` (which writes the same in a cell). ``results[name]``
+    must score *every* token of ``texts[name]`` (e.g. each document after an end-of-text token),
+    so the total NLL belongs to the whole text. lm-evaluation-harness's conventions: words and
+    UTF-8 bytes are counted on each original text and summed, then
+    ``word_perplexity = exp(NLL / words)``, ``byte_perplexity = exp(NLL / bytes)``,
+    ``bits_per_byte = NLL / (bytes * ln 2)``. Unlike token perplexity, these compare across tokenizers.
+    """
+    if set(results) != set(texts):
+        raise ValueError(f"results and texts must name the same documents; differ in {sorted(set(results) ^ set(texts))}")
+    nll = sum(results[name].nll_sum for name in results)
+    tokens = sum(results[name].num_tokens for name in results)
+    words = sum(count_words(texts[name]) for name in texts)
+    num_bytes = sum(len(texts[name].encode("utf-8")) for name in texts)
+    if min(tokens, words, num_bytes) <= 0:
+        raise ValueError(f"nothing to score: {tokens} tokens, {words} words, {num_bytes} bytes; pass non-empty documents")
+    return dict(
+        nll_sum=nll, tokens=tokens, words=words, bytes=num_bytes,
+        token_perplexity=math.exp(nll / tokens), word_perplexity=math.exp(nll / words),
+        byte_perplexity=math.exp(nll / num_bytes), bits_per_byte=nll / (num_bytes * math.log(2)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,8 +448,8 @@ ROBUSTNESS_CAVEATS = (
     "rarer tokens, so perplexity per token is not comparable across rows (it averages over a different "
     "number of tokens). Bits per character (total NLL / ln 2 / characters) is comparable across "
     "tokenizations: compare that column. The short prompt has almost no context, so its tokens are "
-    "harder to predict for any model; the truncated row shows the passage at exactly the context length, "
-    "in one window. The first token of each text has no context and is not scored (nor are its characters). "
+    "harder to predict for any model; the 'context length' row shows the passage at exactly the context "
+    "length, in one window. The first token of each text has no context and is not scored (nor are its characters). "
     "One passage, one seed: these are illustrations, not measurements with intervals."
 )
 
@@ -690,6 +638,7 @@ def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> P
                           "repetition_rate"}, ...],                # summarize_samples(rows)
           "probes":     {"robustness": {"rows": [...], "caveats": str},
                          "bias": {"rows": [...], "summary": {...}, "caveats": str}},
+          "tokenizer_free": {"base": {...}, "finetuned": {...}},   # tokenizer_free_metrics(...), optional
         }
 
     The file is written to a temporary file beside it and moved into place with

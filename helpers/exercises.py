@@ -713,6 +713,42 @@ def check_window_count(answer) -> None:
     )
 
 
+BPB_EXERCISE_CASES = (  # (total NLL in nats, original text): plain ASCII, accents (bytes != characters), runs of spaces
+    (1_000.0, "To be, or not to be, that is the question:"),
+    (250.0, "Oph\u00e9lie: \u00ab \u00d4 ciel ! \u00bb"),
+    (12.5, "a  b\n\nc"),
+)
+
+
+def check_bits_per_byte(fn: Callable | None) -> None:
+    """Exercise 3 of ``06_evaluation.ipynb``: ``fn(nll_sum, text)`` returns the bits per byte of ``text``.
+
+    Compared with :func:`helpers.evaluation.tokenizer_free_metrics` (lm-evaluation-harness's
+    convention, tested against a hand computation) on texts where bytes and characters differ.
+    """
+    from helpers.evaluation import NLLResult, tokenizer_free_metrics
+
+    name = "bits per byte"
+    if _not_done(name, fn):
+        return
+    hint = ("convert nats to bits (divide by ln 2) and divide by the UTF-8 bytes of the text, "
+            "len(text.encode('utf-8')), which is more than len(text) when it has accents.")
+    for nll_sum, text in BPB_EXERCISE_CASES:
+        expected = tokenizer_free_metrics({"text": NLLResult(nll_sum, len(text))}, {"text": text})["bits_per_byte"]
+        try:
+            got = float(fn(nll_sum, text))
+        except Exception as error:  # a learner's bug must not stop the notebook
+            print(f"{WRONG}: {name}: your function raised or returned no number ({type(error).__name__}: {error}). "
+                  f"Hint: {hint}")
+            return
+        if not abs(got - expected) <= 1e-9 * max(1.0, expected):
+            print(f"{WRONG}: {name}: for {nll_sum} nats on {text!r} you gave {got:.6g}, expected {expected:.6g}. "
+                  f"Hint: {hint}")
+            return
+    print(f"{CORRECT}: {name} equals lm-evaluation-harness's convention on {len(BPB_EXERCISE_CASES)} texts, "
+          "accented ones included")
+
+
 # --- 08_iteration.ipynb --------------------------------------------------------------------
 
 

@@ -201,34 +201,6 @@ def plot_intervals(
     return fig
 
 
-def plot_loss_by_position(mean_nll: Sequence[float], title: str, ax: Axes | None = None) -> Figure:
-    """Mean next-token loss against how many tokens of context the prediction had.
-
-    ``mean_nll[i]`` is the loss of the token at position ``i + 1`` of a window (``i + 1``
-    tokens of context). A thin line shows every position; the markers average positions in
-    doubling bins (1, 2-3, 4-7, ...), so the trend stands out from the noise. Introduced in
-    ``06_evaluation.ipynb``: the naive split scores a block's first tokens at the left end.
-    """
-    fig, ax = _axes(ax, (6.0, 3.5))
-    mean_nll = np.asarray(mean_nll, dtype=np.float64)
-    context = np.arange(1, len(mean_nll) + 1)
-    ax.plot(context, mean_nll, linewidth=0.8, alpha=0.4, label="each position")
-    edges = [2**k for k in range(int(np.log2(len(mean_nll))) + 1)] + [len(mean_nll) + 1]
-    bins = [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
-    centres = [np.sqrt(lo * (hi - 1)) for lo, hi in bins]
-    ax.plot(centres, [mean_nll[lo - 1 : hi - 1].mean() for lo, hi in bins], "o-", linewidth=1.8,
-            label="mean over 1, 2-3, 4-7, ... tokens")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(edges[:-1], [str(edge) for edge in edges[:-1]])
-    ax.minorticks_off()
-    ax.set_xlabel("tokens of context (log scale)")
-    ax.set_ylabel("mean loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
 def plot_perplexity_vs_stride(rows: Sequence[Mapping], title: str, ax: Axes | None = None) -> Figure:
     """Perplexity per stride; each point labelled with the tokens computed per token scored.
 

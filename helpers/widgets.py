@@ -129,6 +129,54 @@ def generate_text(
     return rows[0]["text"]
 
 
+def next_token_figure(model, tokenizer, prompt: str, temperature: float, top_k: int, top_p: float,
+                      continuation: str = "", num_tokens: int = 12):
+    """Bar chart of the next token's probabilities after ``prompt``, the ones sampling may draw highlighted.
+
+    Temperature scales the logits (0: greedy, only the likeliest token); top-k and top-p are applied
+    with transformers' own ``TopKLogitsWarper`` and ``TopPLogitsWarper``, as ``generate`` applies them.
+    ``continuation`` (one generation with these settings) is written under the bars. The playground's
+    static picture of its current settings. Introduced in ``06_evaluation.ipynb``.
+    """
+    import textwrap
+
+    import torch
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    decoding_kwargs(temperature, top_k, top_p)  # the same checks as the generation itself
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1].float().cpu()
+    scaled = logits / (temperature if temperature > 0 else 1.0)
+    if temperature == 0:
+        kept = torch.zeros_like(scaled, dtype=torch.bool)
+        kept[scaled.argmax()] = True
+    else:
+        warped = scaled[None]
+        if top_k > 0:
+            warped = TopKLogitsWarper(int(top_k))(None, warped)
+        if top_p < 1.0:
+            warped = TopPLogitsWarper(float(top_p))(None, warped)
+        kept = torch.isfinite(warped[0])
+    probs = torch.softmax(scaled, dim=-1)
+    top = probs.topk(num_tokens)
+    labels = [repr(tokenizer.decode([int(i)])) for i in top.indices]
+    colors = ["tab:blue" if kept[int(i)] else "lightgray" for i in top.indices]
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=plots.DPI)
+    ax.bar(range(num_tokens), top.values.numpy(), color=colors)
+    ax.set_xticks(range(num_tokens), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("probability (after temperature)")
+    mode = "greedy" if temperature == 0 else f"temperature {temperature:g}, top-k {top_k or 'off'}, top-p {top_p:g}"
+    count = int(kept.sum())
+    drawn = f"{count:,} token{'' if count == 1 else 's'} can be drawn"
+    ax.set_title(f"{mode}: {drawn} (blue); the {num_tokens} likeliest shown", fontsize=9)
+    if continuation:
+        fig.text(0.01, -0.02, textwrap.fill(" ".join((prompt + continuation).split()), 110), fontsize=8, va="top")
+    fig.tight_layout()
+    plt.close(fig)  # shown through a display handle, not again at the end of the cell
+    return fig
+
+
 def generation_playground(
     model,
     tokenizer,
@@ -141,6 +189,8 @@ def generation_playground(
 ):
     """Prompt box, temperature / top-k / top-p / max-tokens sliders, a seed, a Generate button.
 
+    First displays :func:`next_token_figure` for the given settings with one generation under it,
+    an ordinary output of the cell that GitHub and nbviewer show; each Generate redraws it.
     Returns an ``ipywidgets.VBox`` (display it as a cell's last value); each click writes the
     prompt and its continuation into the box's output area, or the reason it could not
     generate (a prompt too long for the model, say). Without ipywidgets it prints one
@@ -149,13 +199,17 @@ def generation_playground(
 
     Introduced in ``06_evaluation.ipynb``.
     """
+    from IPython.display import display
+
     from helpers.evaluation import max_context
 
+    text = generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    handle = display(next_token_figure(model, tokenizer, prompt, temperature, top_k, top_p, text), display_id=True)
     try:
         import ipywidgets
     except ImportError:
         print("ipywidgets is not installed (pip install ipywidgets); one generation with these settings instead:")
-        print(prompt + generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+        print(prompt + text)
         return None
     limit = max_context(model) or 1024
     wide = {"description_width": "initial"}
@@ -184,6 +238,9 @@ def generation_playground(
                 top_k_slider.value, top_p_slider.value, seed_box.value,
             )
             message = prompt_box.value + text
+            if handle is not None:  # None outside IPython: nothing to redraw
+                handle.update(next_token_figure(model, tokenizer, prompt_box.value, temperature_slider.value,
+                                                top_k_slider.value, top_p_slider.value, text))
         except ValueError as error:  # a prompt too long or empty: say so in the output, never raise
             message = f"could not generate: {error}"
         output.outputs = ()

@@ -1,4 +1,9 @@
-"""evaluation: perplexity against transformers' own loss, bootstrap intervals, decoding, probes, report."""
+"""evaluation: perplexity against transformers' own loss, 06's written-out loop and bootstrap, per-word and
+per-byte perplexity, decoding, probes, report.
+
+The loop, the bootstrap and the tokenizer-free metrics 06 writes in its cells are loaded from the notebook
+(``tests/notebook_code.py``) and compared with the helpers and with references written here.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import pytest
 import torch
 
 from helpers import evaluation as ev
-from helpers.models import load_tokenizer
+from tests.notebook_code import notebook_definitions
+
+NB = notebook_definitions("06_evaluation.ipynb")  # the lesson code 06 writes in its cells
 
 PASSAGE = (
     "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer "
@@ -21,24 +28,10 @@ PASSAGE = (
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,  # tiny: every test here runs in seconds on one core
-        n_embd=32,
-        n_head=2,
-        n_positions=64,  # short context, so long-text code paths are exercised with few tokens
-        vocab_size=50257,  # the real GPT-2 vocabulary, so the real tokenizer fits
-        initializer_range=0.2,  # wider than GPT-2's 0.02: per-token losses spread ~1 nat, so a wrong average shows
-    )
-    return GPT2LMHeadModel(config).eval()
+def model(random_gpt2):
+    # conftest's tiny shape (64 positions: long-text code paths run with few tokens), with weights wider than
+    # GPT-2's 0.02: per-token losses spread ~1 nat, so a wrong average shows
+    return random_gpt2(initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +146,36 @@ def test_context_longer_than_the_model_is_a_clear_error(model, ids):
         ev.sliding_window_nll(model, ids, context_len=128, stride=64)
 
 
+def test_the_notebook_defines_the_lesson_code():
+    for name in ["windowed_nll", "bootstrap_perplexity", "bootstrap_difference", "excludes_zero", "tokenizer_free",
+                 "loss_by_context", "my_bits_per_byte"]:
+        assert callable(NB.get(name)), f"06 no longer defines {name}; update this test with the notebook"
+
+
+@pytest.mark.parametrize("context_len, stride", [(16, 8), (16, 16), (16, 5), (64, 32), (64, 1)])
+def test_the_notebooks_loop_equals_the_batched_helper(model, ids, context_len, stride):
+    mine = NB["windowed_nll"](model, ids, context_len, stride)
+    helper = ev.sliding_window_nll(model, ids, context_len, stride, batch_size=4)
+    assert mine.num_tokens == helper.num_tokens
+    assert mine.nll_sum == pytest.approx(helper.nll_sum, rel=1e-5)
+
+
+def test_the_notebooks_loop_on_one_window_is_transformers_loss(model, ids):
+    text = ids[:40]
+    with torch.no_grad():
+        reference = model(text[None], labels=text[None]).loss.item() * 39
+    assert NB["windowed_nll"](model, text, 40, 20).nll_sum == pytest.approx(reference, rel=1e-5)
+
+
+def test_the_notebooks_loss_by_context_is_transformers_loss_per_window(model, ids):
+    nll = NB["loss_by_context"](model, ids[:60], 20)
+    assert nll.shape == (3, 19)
+    with torch.no_grad():
+        for row, begin in enumerate(range(0, 60, 20)):
+            window = ids[begin : begin + 20]
+            assert nll[row].mean().item() == pytest.approx(model(window[None], labels=window[None]).loss.item(), rel=1e-5)
+
+
 def test_document_nlls_scores_each_document_alone(model, ids):
     documents = {"a": ids[:30], "b": ids[30:70].tolist(), "c": ids[70:]}
     results = ev.document_nlls(model, documents, context_len=16, stride=8)
@@ -190,57 +213,75 @@ def synthetic_results(num_documents: int, seed: int) -> dict[str, ev.NLLResult]:
     return results
 
 
+def bootstrap(results, num_samples=2000, confidence=0.95, seed=0):
+    return NB["bootstrap_perplexity"](results, num_samples, confidence, seed)
+
+
+def difference(a, b, num_samples=2000, confidence=0.95, seed=0, paired=True):
+    return NB["bootstrap_difference"](a, b, num_samples, confidence, seed, paired=paired)
+
+
 def test_bootstrap_point_is_token_weighted_not_a_mean_of_perplexities():
     results = {"long": ev.NLLResult(2.0 * 1000, 1000), "short": ev.NLLResult(6.0 * 10, 10)}
-    point, low, high = ev.bootstrap_perplexity(results)
+    point, low, high = bootstrap(results)
     assert point == pytest.approx(math.exp((2000 + 60) / 1010))
     assert point < 0.5 * np.mean([r.perplexity for r in results.values()])
     assert math.exp(2.0) <= low <= point <= high <= math.exp(6.0)
+
+
+def test_bootstrap_interval_is_the_percentiles_of_replicates_recomputed_here():
+    """numpy's percentile of replicates drawn with the same generator, written out one replicate at a time."""
+    results = synthetic_results(7, seed=4)
+    names = sorted(results)
+    rng = np.random.default_rng(11)
+    draws = rng.integers(0, len(names), size=(300, len(names)))
+    replicates = [math.exp(sum(results[names[i]].nll_sum for i in row) / sum(results[names[i]].num_tokens for i in row))
+                  for row in draws]
+    point, low, high = bootstrap(results, num_samples=300, confidence=0.9, seed=11)
+    assert (low, high) == pytest.approx(tuple(np.percentile(replicates, [5, 95])), rel=1e-12)
 
 
 def test_bootstrap_interval_contains_the_point_and_shrinks_with_more_documents():
     """Averaged over ten draws of each: one draw of five documents can be narrow by luck."""
     widths = {}
     for num_documents in (5, 50):
-        intervals = [
-            ev.bootstrap_perplexity(synthetic_results(num_documents, seed), num_samples=500) for seed in range(10)
-        ]
+        intervals = [bootstrap(synthetic_results(num_documents, seed), num_samples=500) for seed in range(10)]
         for interval in intervals:
             assert interval.low < interval.point < interval.high
         widths[num_documents] = np.mean([interval.high - interval.low for interval in intervals])
     assert widths[50] < 0.6 * widths[5]  # about 1 / sqrt(10) in theory
-    assert ev.bootstrap_perplexity(synthetic_results(50, seed=1), seed=7) == ev.bootstrap_perplexity(
-        synthetic_results(50, seed=1), seed=7
-    )
+    assert bootstrap(synthetic_results(50, seed=1), seed=7) == bootstrap(synthetic_results(50, seed=1), seed=7)
 
 
-def test_bootstrap_needs_two_documents_and_sane_settings():
-    with pytest.raises(ValueError, match="chunk_tokens"):
-        ev.bootstrap_perplexity({"only": ev.NLLResult(10.0, 5)})
-    with pytest.raises(ValueError, match="confidence"):
-        ev.bootstrap_perplexity(synthetic_results(5, seed=0), confidence=95)
-    with pytest.raises(ValueError, match="no scored tokens"):
-        ev.bootstrap_perplexity({"a": ev.NLLResult(10.0, 5), "b": ev.NLLResult(0.0, 0)})
+def test_bootstrap_needs_two_documents():
+    with pytest.raises(ValueError, match="split the text"):
+        bootstrap({"only": ev.NLLResult(10.0, 5)})
 
 
-def test_difference_of_a_model_with_itself_is_exactly_zero():
+def test_difference_of_a_model_with_itself_is_exactly_zero_only_when_paired():
     results = synthetic_results(20, seed=2)
-    same = ev.bootstrap_difference(results, dict(results))
+    same = difference(results, dict(results))
     assert same.difference == (0.0, 0.0, 0.0) and same.relative == (0.0, 0.0, 0.0)
-    assert not ev.excludes_zero(same.difference)
+    assert not NB["excludes_zero"](same.difference)
+    unpaired = difference(results, dict(results), paired=False)
+    assert unpaired.difference.point == 0.0 and unpaired.difference.low < 0 < unpaired.difference.high
 
 
 def test_paired_difference_sees_a_small_consistent_improvement():
     """b is 2 % better on every document: a clear change although the documents themselves vary a lot."""
     a = synthetic_results(20, seed=3)
     b = {name: ev.NLLResult(r.nll_sum + r.num_tokens * math.log(0.98), r.num_tokens) for name, r in a.items()}
-    paired = ev.bootstrap_difference(a, b)
+    paired = difference(a, b)
     assert paired.relative.point == pytest.approx(-0.02)
     assert paired.relative.low == pytest.approx(-0.02) and paired.relative.high == pytest.approx(-0.02)
-    assert paired.difference.point == pytest.approx(ev.bootstrap_perplexity(b).point - ev.bootstrap_perplexity(a).point)
-    assert ev.excludes_zero(paired.difference) and ev.excludes_zero(paired.relative)
-    # Unpaired, the two single-model intervals overlap: pairing is what makes the change visible.
-    assert ev.bootstrap_perplexity(b).high > ev.bootstrap_perplexity(a).low
+    assert paired.difference.point == pytest.approx(bootstrap(b).point - bootstrap(a).point)
+    assert NB["excludes_zero"](paired.difference) and NB["excludes_zero"](paired.relative)
+    # Unpaired (as two separate intervals compare), the change is lost in the documents' own spread.
+    assert bootstrap(b).high > bootstrap(a).low
+    unpaired = difference(a, b, paired=False)
+    assert not NB["excludes_zero"](unpaired.difference)
+    width = NB["width"]
+    assert width(paired.difference) < 0.2 * width(unpaired.difference)
 
 
 def test_difference_needs_the_same_documents():
@@ -248,7 +289,40 @@ def test_difference_needs_the_same_documents():
     b = dict(a)
     b.pop("doc000")
     with pytest.raises(ValueError, match="doc000"):
-        ev.bootstrap_difference(a, b)
+        difference(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity per word and per byte (lm-evaluation-harness's conventions)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_free_metrics_by_hand():
+    texts = {"a": "To be, or not", "b": "Oph\u00e9lie  sings\n"}  # 'é' is 2 bytes; runs of whitespace
+    results = {"a": ev.NLLResult(10.0, 5), "b": ev.NLLResult(6.0, 4)}
+    # by hand: words a = 4; b = re.split gives ['Ophélie', 'sings', ''] = 3 (the harness counts the trailing piece)
+    # bytes: a = 13; b = 8 + 2 + 5 + 1 = 16
+    words, num_bytes, nll = 7, 29, 16.0
+    metrics = ev.tokenizer_free_metrics(results, texts)
+    assert (metrics["words"], metrics["bytes"], metrics["tokens"]) == (words, num_bytes, 9)
+    assert metrics["word_perplexity"] == pytest.approx(math.exp(nll / words), rel=1e-12)
+    assert metrics["byte_perplexity"] == pytest.approx(math.exp(nll / num_bytes), rel=1e-12)
+    assert metrics["bits_per_byte"] == pytest.approx(nll / num_bytes / math.log(2), rel=1e-12)
+    assert metrics["token_perplexity"] == pytest.approx(math.exp(nll / 9), rel=1e-12)
+    assert 2 ** metrics["bits_per_byte"] == pytest.approx(metrics["byte_perplexity"], rel=1e-12)
+    with pytest.raises(ValueError, match="same documents"):
+        ev.tokenizer_free_metrics(results, {"a": "x"})
+
+
+def test_the_notebooks_tokenizer_free_metrics_equal_the_helpers():
+    rng = np.random.default_rng(5)
+    words = ["king", "Ophélie", "--", "to-morrow", "ay,", "\n", "  "]
+    texts = {f"d{i}": " ".join(rng.choice(words, size=int(rng.integers(3, 40)))) for i in range(6)}
+    results = {name: ev.NLLResult(float(rng.uniform(5, 200)), int(rng.integers(2, 60))) for name in texts}
+    mine, helper = NB["tokenizer_free"](results, texts), ev.tokenizer_free_metrics(results, texts)
+    assert mine.keys() <= helper.keys()
+    for key, value in mine.items():
+        assert value == pytest.approx(helper[key], rel=1e-12), key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,15 +481,11 @@ def test_bias_probe_defaults_and_bad_input(model, tokenizer):
 
 
 def test_report_round_trip(tmp_path):
-    a, b = synthetic_results(5, seed=0), synthetic_results(5, seed=1)
-    paired = ev.bootstrap_difference(a, b, num_samples=200)
+    paired = ev.PairedDifference(ev.Interval(-3.0, -4.5, -1.25), ev.Interval(-0.1, -0.15, -0.05))
     report = {
         "settings": {"mode": "smoke", "context_len": 64, "seed": np.int64(3)},
-        "perplexity": {
-            "base": ev.bootstrap_perplexity(a, num_samples=200),
-            "finetuned": ev.bootstrap_perplexity(b, num_samples=200),
-        },
-        "difference": {**paired._asdict(), "excludes_zero": ev.excludes_zero(paired.difference)},
+        "perplexity": {"base": ev.Interval(30.0, 27.5, 33.0), "finetuned": ev.Interval(27.0, 25.0, 29.5)},
+        "difference": {**paired._asdict(), "excludes_zero": True},
         "decoding": [{"strategy": "greedy", "distinct_1": 0.5}],
         "probes": {"robustness": {"rows": [], "caveats": "x"}},
     }

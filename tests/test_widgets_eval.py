@@ -154,3 +154,58 @@ def test_exercise_checks_reject_wrong_answers_with_a_hint(capsys):
     exercises.check_window_count(None)
     out = capsys.readouterr().out
     assert out.count(exercises.WRONG) == 3 and exercises.NOT_DONE in out and "Hint" in out, out
+
+
+def test_bits_per_byte_check_accepts_the_harness_formula_and_rejects_characters_or_log2(capsys):
+    exercises.check_bits_per_byte(lambda nll, text: nll / math.log(2) / len(text.encode("utf-8")))
+    exercises.check_bits_per_byte(lambda nll, text: nll / math.log(2) / len(text))  # characters, not bytes
+    exercises.check_bits_per_byte(lambda nll, text: nll / len(text.encode("utf-8")))  # nats, not bits
+    exercises.check_bits_per_byte(lambda nll, text: 1 / 0)
+    exercises.check_bits_per_byte(None)
+    out = capsys.readouterr().out
+    assert out.count(exercises.CORRECT) == 1 and out.count(exercises.WRONG) == 3 and exercises.NOT_DONE in out, out
+    assert "ZeroDivisionError" in out and "Hint" in out
+
+
+# ---------------------------------------------------------------- the static figure of the playground
+
+
+class FakeDisplay:
+    """Stands in for IPython's display: records what was shown and every update of its handle."""
+
+    def __init__(self):
+        self.shown = []
+
+    def __call__(self, obj, display_id=False):
+        self.shown.append(obj)
+        return self
+
+    def update(self, obj):
+        self.shown.append(obj)
+
+
+def test_the_playground_first_shows_its_default_state_as_a_figure(model, tokenizer, monkeypatch):
+    from matplotlib.figure import Figure
+
+    fake = FakeDisplay()
+    monkeypatch.setattr("IPython.display.display", fake)
+    box = widgets.generation_playground(model, tokenizer, prompt=PROMPT, max_new_tokens=NEW_TOKENS, temperature=0.0)
+    assert len(fake.shown) == 1 and isinstance(fake.shown[0], Figure)
+    figure = fake.shown[0]
+    assert figure.axes[0].get_title().startswith("greedy: 1 token can be drawn")
+    written = " ".join(text.get_text() for text in figure.texts)
+    assert " ".join(written.split()) == " ".join((PROMPT + greedy_reference(model, tokenizer, PROMPT, NEW_TOKENS)).split())
+    find(box, "FloatSlider", "temperature").value = 0.9
+    find(box, "IntSlider", "top-k").value = 5
+    find(box, "Button").click()
+    assert len(fake.shown) == 2 and "5 tokens can be drawn" in fake.shown[1].axes[0].get_title()
+
+
+def test_the_figure_keeps_what_top_p_keeps(model, tokenizer):
+    p = 0.3
+    figure = widgets.next_token_figure(model, tokenizer, PROMPT, temperature=1.0, top_k=0, top_p=p)
+    with torch.no_grad():
+        probs = torch.softmax(model(tokenizer(PROMPT, return_tensors="pt").input_ids).logits[0, -1], dim=-1)
+    cumulative = probs.sort(descending=True).values.cumsum(0)
+    expected = int((cumulative < p).sum()) + 1  # the smallest set of likeliest tokens whose probabilities reach p
+    assert f": {expected:,} token" in figure.axes[0].get_title()
