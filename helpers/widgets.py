@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from helpers import plots
+from helpers.evaluation import generate_samples, max_context
 
 
 def describe_learning_rate(lr: float) -> str:
@@ -122,7 +123,6 @@ def generate_text(
 
     Introduced in ``06_evaluation.ipynb``.
     """
-    from helpers.evaluation import generate_samples
 
     strategy = {"playground": decoding_kwargs(temperature, top_k, top_p)}
     rows = generate_samples(model, tokenizer, [prompt], strategy, max_new_tokens=max_new_tokens, seed=seed)
@@ -201,7 +201,6 @@ def generation_playground(
     """
     from IPython.display import display
 
-    from helpers.evaluation import max_context
 
     text = generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     handle = display(next_token_figure(model, tokenizer, prompt, temperature, top_k, top_p, text), display_id=True)
