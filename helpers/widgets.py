@@ -123,7 +123,6 @@ def generate_text(
 
     Introduced in ``06_evaluation.ipynb``.
     """
-
     strategy = {"playground": decoding_kwargs(temperature, top_k, top_p)}
     rows = generate_samples(model, tokenizer, [prompt], strategy, max_new_tokens=max_new_tokens, seed=seed)
     return rows[0]["text"]
