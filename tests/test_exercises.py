@@ -13,6 +13,7 @@ import math
 
 import nbformat
 import numpy as np
+import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ CASES = [
     (exercises.check_cross_entropy_grad, CE_GRAD, -CE_GRAD),
     (exercises.check_token_count, [float(n) for n in TOKENS_RIGHT], TOKENS_RIGHT[::-1]),  # swapped: the space is not free
     (exercises.check_truncated_merges, float(MERGES_RIGHT), len(_tokenizer()(exercises.MERGES_EXERCISE_TEXT)["input_ids"])),
+    (exercises.check_kv_cache_bytes, 2.0 * 12 * 16 * 1024 * 768 * 2, 12 * 16 * 1024 * 768 * 2),  # keys only: values forgotten
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -168,6 +170,23 @@ def _dedupe(texts, min_chars):
     return out
 
 
+def _shifted_loss(logits, ids):
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+
+def _warmup_cosine(step, peak_lr, warmup_steps, num_steps):
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, num_steps - warmup_steps)))
+
+
+def _percentile(values, q):
+    ordered, position = sorted(values), q / 100 * (len(values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
 # (check, a right function written here independently, a wrong one)
 FUNCTION_CASES = [
     (exercises.check_pick_precision, _precision, lambda d, c, b: "fp16" if d == "cpu" else _precision(d, c, b)),
@@ -176,6 +195,12 @@ FUNCTION_CASES = [
     (exercises.check_linear_backward, _linear_backward_by_autograd, lambda x, W, g: (g @ W.T, x.T @ g, g.sum(axis=1))),
     (exercises.check_linear_backward, _linear_backward_by_autograd, lambda x, W, g: (g @ W.T, x.T @ g)),
     (exercises.check_dedupe, _dedupe, lambda texts, min_chars: texts),
+    (exercises.check_causal_lm_loss, _shifted_loss, lambda logits, ids: F.cross_entropy(logits[:-1].flatten(0, 1), ids[1:].flatten())),
+    (exercises.check_causal_lm_loss, _shifted_loss, lambda logits, ids: F.cross_entropy(logits.flatten(0, 1), ids.flatten())),
+    (exercises.check_lr_schedule, _warmup_cosine, lambda step, peak, warmup, steps: peak * min(1.0, (step + 1) / max(1, warmup))),
+    (exercises.check_lr_schedule, _warmup_cosine, lambda step, peak, warmup, steps: _warmup_cosine(step, peak, 0, steps)),
+    (exercises.check_percentile, _percentile, lambda values, q: sorted(values)[round(q / 100 * (len(values) - 1))]),
+    (exercises.check_percentile, _percentile, lambda values, q: sorted(values)[int(q / 100 * (len(values) - 1))]),
 ]
 FUNCTION_IDS = [f"{case[0].__name__}-{i}" for i, case in enumerate(FUNCTION_CASES)]
 
@@ -198,6 +223,46 @@ def test_function_exercises_survive_unfinished_broken_and_non_functions(check, c
     check(lambda *args: 1 / 0)
     out = capsys.readouterr().out
     assert out.startswith(exercises.WRONG) and "ZeroDivisionError" in out
+
+
+class _CompletionRequest(pydantic.BaseModel):  # module level: FastAPI resolves the annotation by name
+    model: str
+    prompt: str
+    max_tokens: int = 16
+
+
+def _completion_app(context_len: int, check: str):
+    """A stand-in endpoint (no model: it echoes a token) that checks the context fully, not at all, or FastAPI's way."""
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    def complete(request: _CompletionRequest):
+        used = len(_tokenizer()(request.prompt).input_ids) + request.max_tokens
+        if used > context_len and check == "openai":
+            return JSONResponse(status_code=400, content={"error": {
+                "message": f"the context holds {context_len} tokens; you asked for {used}", "type": "invalid_request_error",
+                "param": "prompt", "code": "context_length_exceeded"}})
+        if used > context_len and check == "fastapi":
+            raise HTTPException(400, "too long")
+        return {"id": "x", "object": "text_completion", "created": 0, "model": request.model,
+                "choices": [{"index": 0, "text": " the", "finish_reason": "length", "logprobs": None}]}
+
+    return app
+
+
+@pytest.mark.parametrize(("check", "verdict"), [("openai", exercises.CORRECT), ("none", exercises.WRONG),
+                                                ("fastapi", exercises.WRONG)])
+def test_the_context_limit_check_calls_the_app_with_the_official_client(check, verdict, capsys):
+    exercises.check_context_limit(_completion_app(32, check), 32)
+    out = capsys.readouterr().out
+    assert out.startswith(verdict), out
+    if verdict == exercises.WRONG:
+        assert "Hint:" in out
+    exercises.check_context_limit(None, 32)
+    assert capsys.readouterr().out.startswith(exercises.NOT_DONE)
 
 
 def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
