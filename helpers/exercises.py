@@ -638,7 +638,8 @@ def check_causal_lm_loss(fn: Callable | None) -> None:
     with torch.random.fork_rng():  # the learner's random state is left as it was
         torch.manual_seed(0)
         # small: the check runs in a blink; a vocabulary of 64 is enough to tell the shifts apart
-        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=64)).eval()
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=64,
+                                           bos_token_id=63, eos_token_id=63)).eval()
         input_ids = torch.randint(0, 64, (3, 12))
     model.loss_type = "ForCausalLM"
     with torch.no_grad():
