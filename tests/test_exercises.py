@@ -279,10 +279,25 @@ def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
 # --- the notebooks' exercises -------------------------------------------------------------------
 
 # What each notebook's earlier cells give its solution cells, besides the checks it imports.
+def _notebook_07() -> dict:
+    """07's minimal endpoint (its cell, run as written) on a small random GPT-2: what its solutions build on."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    # small: a context of 64 tokens is enough to test the limit, and generating two tokens takes milliseconds
+    cpu_model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64)).eval()
+    namespace = {"tokenizer": _tokenizer(), "cpu_model": cpu_model, "torch": torch}
+    cells = nbformat.read(REPO_ROOT / "notebooks" / "07_deployment.ipynb", as_version=4).cells
+    exec(next(cell.source for cell in cells if "minimal_app = FastAPI()" in cell.source), namespace)
+    return namespace
+
+
 NOTEBOOK_NAMES = {
     "00_setup.ipynb": lambda: {"tokenizer": _tokenizer()},
     "01_mse_and_gradient_descent.ipynb": lambda: {"np": np},
     "02_data_preparation.ipynb": lambda: dict(_notebook_02()),
+    "04_finetuning_gpt2.ipynb": lambda: {"torch": torch, "math": math},
+    "07_deployment.ipynb": _notebook_07,
 }
 
 
