@@ -32,9 +32,9 @@ CHECKPOINT_DIR = "checkpoints/finetune-{mode}"  # under artifacts/; one per mode
 TRAINING_INFO = "training.json"
 
 
-def finetuned_dir(settings: Settings) -> Path:
-    """Where notebook 04's fine-tuned model is saved: ``artifacts/models/finetuned``."""
-    return settings.artifacts_dir / FINETUNED_DIR
+def finetuned_dir(settings: Settings | None = None) -> Path:
+    """Where notebook 04's fine-tuned model is saved: ``artifacts/models/finetuned`` (05 prints it)."""
+    return (settings or get_settings()).artifacts_dir / FINETUNED_DIR
 
 
 def checkpoint_dir(settings: Settings | None = None) -> Path:
