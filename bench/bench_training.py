@@ -14,6 +14,16 @@
    sizes, measured before and after the steps.
 3. What keeping freed memory (``helpers.runtime.reuse_freed_memory``) is worth on that step.
 
+Why the helper's loop can outpace ``Trainer`` on a CPU (notebook 04 prints both speeds and
+sends the reader here). Two things, both in ``helpers/training.py``: its loss
+(``causal_lm_loss``) shifts the labels instead of slicing the logits, so the (batch, block,
+vocab) logits, 200 MB for GPT-2 at 8 x 128, are never copied; and on a CPU the loop runs inside
+``reuse_freed_memory``. glibc serves every allocation above its mmap threshold with a fresh
+``mmap`` and hands it back to the operating system on ``free``, so each step's big logits and
+their gradient are faulted in page by page again at the next step; inside the context manager
+glibc keeps freed memory for the next step instead. Measurement 3 prices that on a
+GPT-2-small step, and ``bench_page_faults`` counts the page faults it saves.
+
 Heavy: GPT-2 small steps take seconds each on a CPU. ``BENCH_STEPS`` scales it.
 """
 

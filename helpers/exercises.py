@@ -602,9 +602,11 @@ def check_truncated_merges(answer) -> None:
 
 # --- 04_finetuning_gpt2.ipynb --------------------------------------------------------------
 
+_SCHEDULE_CASES = ((3e-4, 10, 100), (1e-3, 0, 20), (5e-4, 3, 7), (6e-4, 1, 2))  # (peak_lr, warmup_steps, num_steps)
+
 
 def check_tokens_per_step(answer) -> None:
-    """Tokens one optimizer step sees in ``gpu`` mode (one process)."""
+    """Exercise 1 of ``04_finetuning_gpt2.ipynb``: tokens one optimizer step sees in ``gpu`` mode (one process)."""
     from helpers.settings import make_settings
 
     gpu = make_settings("gpu")
@@ -616,6 +618,86 @@ def check_tokens_per_step(answer) -> None:
         "(batch_size, block_size, grad_accum_steps).",
         atol=0.5,
     )
+
+
+def check_causal_lm_loss(fn: Callable | None) -> None:
+    """Exercise 2 of ``04_finetuning_gpt2.ipynb``: the shifted-label loss ``fn(logits, input_ids)``.
+
+    Compared with transformers' own loss (``model(input_ids, labels=input_ids).loss``) of a small
+    random GPT-2; the two usual mistakes (no shift, the seed article's shift along the batch axis)
+    get their own hint.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    name = "shifted-label cross-entropy"
+    if _not_done(name, fn):
+        return
+    hint = ("position t is scored on token t + 1: logits[:, :-1] against input_ids[:, 1:] (the time axis), both "
+            "flattened for cross_entropy: logits to (N, vocab), labels to (N,).")
+    with torch.random.fork_rng():  # the learner's random state is left as it was
+        torch.manual_seed(0)
+        # small: the check runs in a blink; a vocabulary of 64 is enough to tell the shifts apart
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=64,
+                                           bos_token_id=63, eos_token_id=63)).eval()
+        input_ids = torch.randint(0, 64, (3, 12))
+    model.loss_type = "ForCausalLM"
+    with torch.no_grad():
+        out = model(input_ids, labels=input_ids)
+    got = _call(fn, (out.logits.clone(), input_ids.clone()), hint)
+    if got is None:
+        return
+    if got.numel() != 1:
+        print(f"{WRONG}: {name}: return one number, the mean over every scored position, not a tensor of shape "
+              f"{tuple(got.shape)}. Hint: {hint}")
+        return
+    logits, vocab = out.logits, out.logits.size(-1)
+    mistakes = (
+        ("no shift: each position is scored on its own token, which it already sees",
+         F.cross_entropy(logits.reshape(-1, vocab), input_ids.reshape(-1))),
+        ("the shift is along the batch axis (like the article's inputs[1:]): row i is scored on row i + 1",
+         F.cross_entropy(logits[:-1].reshape(-1, vocab), input_ids[1:].reshape(-1))),
+    )
+    for mistake, wrong in mistakes:
+        if abs(got.item() - wrong.item()) < 1e-5 and abs(wrong.item() - out.loss.item()) > 1e-3:
+            print(f"{WRONG}: {name}: {mistake}. Hint: {hint}")
+            return
+    _check(f"{name} (vs transformers' loss with labels=)", got.reshape(()).numpy(), out.loss.item(), hint, atol=1e-5)
+
+
+def check_lr_schedule(fn: Callable | None) -> None:
+    """Exercise 3 of ``04_finetuning_gpt2.ipynb``: ``fn(step, peak_lr, warmup_steps, num_steps)``, the learning rate
+    of warmup + cosine at each step, compared with transformers' ``get_cosine_schedule_with_warmup``."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    name = "warmup + cosine learning rate"
+    if _not_done(name, fn):
+        return
+    hint = ("during warmup (step < warmup_steps) the rate grows linearly: peak_lr * step / warmup_steps; then "
+            "progress = (step - warmup_steps) / (num_steps - warmup_steps) and the rate is "
+            "peak_lr * 0.5 * (1 + cos(pi * progress)).")
+    worst = 0.0
+    for peak_lr, warmup_steps, num_steps in _SCHEDULE_CASES:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
+        schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, num_steps)
+        for step in range(num_steps + 1):
+            expected = schedule.get_last_lr()[0]
+            case = f"step {step} of {num_steps} (warmup {warmup_steps}, peak {peak_lr:g})"
+            try:
+                got = float(fn(step, peak_lr, warmup_steps, num_steps))
+            except Exception as error:  # a learner's bug must not stop the notebook
+                print(f"{WRONG}: {name}: at {case} your function raised {type(error).__name__}: {error}. Hint: {hint}")
+                return
+            if not abs(got - expected) <= 1e-9 * peak_lr:
+                print(f"{WRONG}: {name}: at {case} you give {got:.6g}, the reference {expected:.6g}. Hint: {hint}")
+                return
+            worst = max(worst, abs(got - expected))
+            optimizer.step()
+            schedule.step()
+    print(f"{CORRECT}: {name}: every step of {len(_SCHEDULE_CASES)} schedules equals transformers' "
+          f"get_cosine_schedule_with_warmup (max |difference| {worst:.1e})")
 
 
 # --- 05_lora.ipynb ----------------------------------------------------------------------------
@@ -835,14 +917,114 @@ def check_weights_sha256(answer, path) -> None:
 # --- 07_deployment.ipynb -------------------------------------------------------------------
 
 LATENCY_EXERCISE_MS = (112.0, 98.0, 105.0, 131.0, 99.0, 240.0, 101.0, 97.0, 118.0, 104.0, 103.0, 350.0)
+_PERCENTILE_CASES = ((LATENCY_EXERCISE_MS, (50, 95, 99, 0, 100)), ((7.0,), (50, 95)), ((2.0, 1.0), (25, 50, 95)),
+                     ((5.0, 1.0, 4.0, 4.0, 9.0, 2.0), (10, 33.3, 90)))
+KV_CACHE_EXERCISE = dict(n_layer=12, n_embd=768, requests=16, tokens=1_024, bytes_per_value=2)  # GPT-2 small, fp16
 
 
-def check_p95(answer) -> None:
-    """The 95th percentile (numpy's default linear interpolation) of ``LATENCY_EXERCISE_MS``."""
+def check_percentile(fn: Callable | None) -> None:
+    """Exercise 1 of ``07_deployment.ipynb``: ``fn(values, q)``, the q-th percentile (0-100) with linear
+    interpolation, compared with ``numpy.percentile`` (its default method) on a few lists."""
+    name = "percentile of request times"
+    if _not_done(name, fn):
+        return
+    hint = ("sort the values; the q-th percentile sits at position q / 100 x (n - 1) of the sorted list; when that "
+            "position falls between two values, interpolate linearly between them.")
+    worst = 0.0
+    for values, qs in _PERCENTILE_CASES:
+        for q in qs:
+            expected = float(np.percentile(values, q))
+            try:
+                got = float(fn(list(values), q))
+            except Exception as error:  # a learner's bug must not stop the notebook
+                print(f"{WRONG}: {name}: p{q:g} of {list(values)} raised {type(error).__name__}: {error}. Hint: {hint}")
+                return
+            if not abs(got - expected) <= 1e-9 * max(1.0, abs(expected)):
+                print(f"{WRONG}: {name}: p{q:g} of {list(values)} is {expected:g} (numpy.percentile), you give {got:g}. "
+                      f"Hint: {hint}")
+                return
+            worst = max(worst, abs(got - expected))
+    count = sum(len(qs) for _, qs in _PERCENTILE_CASES)
+    print(f"{CORRECT}: {name}: equals numpy.percentile in {count} cases (max |difference| {worst:.1e})")
+
+
+def _openai_error(client, prompt: str, max_tokens: int):
+    """The official client's error for one completion request, or None when it succeeded."""
+    import openai
+
+    try:
+        client.completions.create(model="any", prompt=prompt, max_tokens=max_tokens, temperature=0)
+    except openai.APIStatusError as error:
+        return error
+    return None
+
+
+def check_context_limit(app, context_len: int) -> None:
+    """Exercise 2 of ``07_deployment.ipynb``: a completion endpoint that refuses what does not fit the context.
+
+    ``app`` is a FastAPI app with ``POST /v1/completions``; the official ``openai`` client calls it in
+    this process (FastAPI's ``TestClient`` as its HTTP client): a short prompt must be answered, and a
+    prompt whose tokens plus ``max_tokens`` exceed ``context_len`` must get HTTP 400 in OpenAI's error
+    shape, with a message that names the limit.
+    """
+    from fastapi.testclient import TestClient
+    from openai import OpenAI
+
+    name = "an endpoint that checks the context"
+    if app is None or app is Ellipsis:
+        print(f"{NOT_DONE}: {name}")
+        return
+    if not callable(app):
+        print(f"{WRONG}: {name}: pass the FastAPI app itself (limited_app = FastAPI() ...), not a {type(app).__name__}")
+        return
+    hint = (f"count the prompt's tokens first; when they plus max_tokens exceed {context_len}, return "
+            "JSONResponse(status_code=400, content={'error': {'message': ..., 'type': 'invalid_request_error', "
+            "'param': 'prompt', 'code': 'context_length_exceeded'}}) with the limit in the message.")
+    cases = (("a short prompt", "ROMEO.\nWhat light", 2, None),
+             ("a prompt longer than the context", " the" * (context_len + 10), 2, 400),
+             ("a prompt that fits, but not with its max_tokens", " the" * (context_len - 2), 8, 400))
+    try:
+        with TestClient(app, raise_server_exceptions=False) as http:
+            client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+            for what, prompt, max_tokens, status in cases:
+                error = _openai_error(client, prompt, max_tokens)
+                got = None if error is None else error.status_code
+                if got != status:
+                    said = "answered it" if got is None else f"answered HTTP {got}"
+                    print(f"{WRONG}: {name}: for {what} ({max_tokens} new tokens) your endpoint {said}; expected "
+                          f"{'an answer' if status is None else f'HTTP {status}'}. Hint: {hint}")
+                    return
+                body = error.body if error is not None else None
+                if status and not (isinstance(body, dict) and str(context_len) in str(body.get("message", ""))):
+                    print(f"{WRONG}: {name}: HTTP 400 is right, but the official client found no message naming the "
+                          f"limit ({context_len}) under 'error'. Hint: {hint}")
+                    return
+    except Exception as error:  # a learner's app must not stop the notebook
+        print(f"{WRONG}: {name}: calling your app failed with {type(error).__name__}: {error}. Hint: {hint}")
+        return
+    print(f"{CORRECT}: {name}: the official openai client gets an answer to a short prompt and a readable HTTP 400 "
+          f"for both prompts that do not fit {context_len} tokens")
+
+
+def check_kv_cache_bytes(answer) -> None:
+    """Exercise 3 of ``07_deployment.ipynb``: bytes of the KV cache of ``KV_CACHE_EXERCISE`` (GPT-2 small, fp16).
+
+    The reference runs transformers' GPT-2 on the meta device (shapes only, no memory) with a batch of
+    that many requests and sums the sizes of the cache it returns.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    case = KV_CACHE_EXERCISE
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config(n_layer=case["n_layer"], n_embd=case["n_embd"])).to(torch.float16)
+        cache = model(torch.zeros(case["requests"], case["tokens"], dtype=torch.long), use_cache=True)["cache"]
+    expected = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     _check(
-        "p95 of the request times",
+        "bytes of the KV cache",
         answer,
-        np.percentile(LATENCY_EXERCISE_MS, 95),
-        "sort the times; the p95 sits at position 0.95 x (n - 1); interpolate between the two neighbours.",
-        atol=1e-6,
+        expected,
+        "every layer keeps a key and a value vector of n_embd numbers for every token of every request: "
+        "2 x layers x requests x tokens x n_embd numbers, 2 bytes each in fp16.",
+        atol=0.5,
     )

@@ -22,7 +22,7 @@ import torch
 
 from helpers.atomic import build_folder, clean_leftovers
 from helpers.data import prepare
-from helpers.models import load_model, load_tokenizer, resolve_model_source
+from helpers.models import load_model, load_tokenizer, resolve_model_source, with_causal_lm_loss
 from helpers.runtime import pick_device, precision_policy
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, train
@@ -32,9 +32,9 @@ CHECKPOINT_DIR = "checkpoints/finetune-{mode}"  # under artifacts/; one per mode
 TRAINING_INFO = "training.json"
 
 
-def finetuned_dir(settings: Settings) -> Path:
-    """Where notebook 04's fine-tuned model is saved: ``artifacts/models/finetuned``."""
-    return settings.artifacts_dir / FINETUNED_DIR
+def finetuned_dir(settings: Settings | None = None) -> Path:
+    """Where notebook 04's fine-tuned model is saved: ``artifacts/models/finetuned`` (05 prints it)."""
+    return (settings or get_settings()).artifacts_dir / FINETUNED_DIR
 
 
 def checkpoint_dir(settings: Settings | None = None) -> Path:
@@ -90,7 +90,7 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
         print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 04)")
         finetune(settings, progress=progress)
         info = json.loads(info_file.read_text())
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = with_causal_lm_loss(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
     return model, AutoTokenizer.from_pretrained(folder), info
 
 

@@ -209,7 +209,21 @@ def load_model(source: ModelSource | None = None, dtype=None):
     _warn_fallback(source)
     config = with_fused_gelu(AutoConfig.from_pretrained(source.location))
     model = AutoModelForCausalLM.from_pretrained(source.location, config=config, dtype=dtype or torch.float32)
-    return model, source
+    return with_causal_lm_loss(model), source
+
+
+def with_causal_lm_loss(model):
+    """``model`` with its ``labels=`` loss named: transformers' shifted-label cross-entropy.
+
+    transformers 5 picks that loss from the class name, finds no entry for ``GPT2LMHeadModel``,
+    and on the first ``labels=`` call writes "`loss_type=None` was set in the config but it is
+    unrecognized" to stderr before using ``ForCausalLMLoss`` anyway (the config holds no
+    ``loss_type``: it is not a config setting). Naming it gives the same loss without the
+    warning. Used by :func:`load_model` (00) and ``helpers.finetune.load_finetuned`` (04).
+    """
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def with_fused_gelu(config):

@@ -13,6 +13,7 @@ import math
 
 import nbformat
 import numpy as np
+import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ CASES = [
     (exercises.check_cross_entropy_grad, CE_GRAD, -CE_GRAD),
     (exercises.check_token_count, [float(n) for n in TOKENS_RIGHT], TOKENS_RIGHT[::-1]),  # swapped: the space is not free
     (exercises.check_truncated_merges, float(MERGES_RIGHT), len(_tokenizer()(exercises.MERGES_EXERCISE_TEXT)["input_ids"])),
+    (exercises.check_kv_cache_bytes, 2.0 * 12 * 16 * 1024 * 768 * 2, 12 * 16 * 1024 * 768 * 2),  # keys only: values forgotten
 ]
 IDS = [case[0].__name__ for case in CASES]
 
@@ -173,6 +175,22 @@ def _gate(candidate, current):
     return (candidate["new_data_ppl"] <= 0.95 * current["new_data_ppl"]
             and candidate["heldout_ppl"] <= 1.02 * current["heldout_ppl"])
 
+def _shifted_loss(logits, ids):
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+
+def _warmup_cosine(step, peak_lr, warmup_steps, num_steps):
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, num_steps - warmup_steps)))
+
+
+def _percentile(values, q):
+    ordered, position = sorted(values), q / 100 * (len(values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
 
 # (check, a right function written here independently, a wrong one)
 FUNCTION_CASES = [
@@ -187,6 +205,12 @@ FUNCTION_CASES = [
     (exercises.check_linear_backward, _linear_backward_by_autograd, lambda x, W, g: (g @ W.T, x.T @ g, g.sum(axis=1))),
     (exercises.check_linear_backward, _linear_backward_by_autograd, lambda x, W, g: (g @ W.T, x.T @ g)),
     (exercises.check_dedupe, _dedupe, lambda texts, min_chars: texts),
+    (exercises.check_causal_lm_loss, _shifted_loss, lambda logits, ids: F.cross_entropy(logits[:-1].flatten(0, 1), ids[1:].flatten())),
+    (exercises.check_causal_lm_loss, _shifted_loss, lambda logits, ids: F.cross_entropy(logits.flatten(0, 1), ids.flatten())),
+    (exercises.check_lr_schedule, _warmup_cosine, lambda step, peak, warmup, steps: peak * min(1.0, (step + 1) / max(1, warmup))),
+    (exercises.check_lr_schedule, _warmup_cosine, lambda step, peak, warmup, steps: _warmup_cosine(step, peak, 0, steps)),
+    (exercises.check_percentile, _percentile, lambda values, q: sorted(values)[round(q / 100 * (len(values) - 1))]),
+    (exercises.check_percentile, _percentile, lambda values, q: sorted(values)[int(q / 100 * (len(values) - 1))]),
 ]
 FUNCTION_IDS = [f"{case[0].__name__}-{i}" for i, case in enumerate(FUNCTION_CASES)]
 
@@ -226,6 +250,45 @@ def test_the_checksum_check_compares_with_hashlib(tmp_path, capsys):
     exercises.check_weights_sha256(b"bytes", weights)
     assert capsys.readouterr().out.startswith(exercises.WRONG)
 
+class _CompletionRequest(pydantic.BaseModel):  # module level: FastAPI resolves the annotation by name
+    model: str
+    prompt: str
+    max_tokens: int = 16
+
+
+def _completion_app(context_len: int, check: str):
+    """A stand-in endpoint (no model: it echoes a token) that checks the context fully, not at all, or FastAPI's way."""
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    def complete(request: _CompletionRequest):
+        used = len(_tokenizer()(request.prompt).input_ids) + request.max_tokens
+        if used > context_len and check == "openai":
+            return JSONResponse(status_code=400, content={"error": {
+                "message": f"the context holds {context_len} tokens; you asked for {used}", "type": "invalid_request_error",
+                "param": "prompt", "code": "context_length_exceeded"}})
+        if used > context_len and check == "fastapi":
+            raise HTTPException(400, "too long")
+        return {"id": "x", "object": "text_completion", "created": 0, "model": request.model,
+                "choices": [{"index": 0, "text": " the", "finish_reason": "length", "logprobs": None}]}
+
+    return app
+
+
+@pytest.mark.parametrize(("check", "verdict"), [("openai", exercises.CORRECT), ("none", exercises.WRONG),
+                                                ("fastapi", exercises.WRONG)])
+def test_the_context_limit_check_calls_the_app_with_the_official_client(check, verdict, capsys):
+    exercises.check_context_limit(_completion_app(32, check), 32)
+    out = capsys.readouterr().out
+    assert out.startswith(verdict), out
+    if verdict == exercises.WRONG:
+        assert "Hint:" in out
+    exercises.check_context_limit(None, 32)
+    assert capsys.readouterr().out.startswith(exercises.NOT_DONE)
+
 
 def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
     def silent_error(value, cuda):
@@ -241,10 +304,25 @@ def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
 # --- the notebooks' exercises -------------------------------------------------------------------
 
 # What each notebook's earlier cells give its solution cells, besides the checks it imports.
+def _notebook_07() -> dict:
+    """07's minimal endpoint (its cell, run as written) on a small random GPT-2: what its solutions build on."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    # small: a context of 64 tokens is enough to test the limit, and generating two tokens takes milliseconds
+    cpu_model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64)).eval()
+    namespace = {"tokenizer": _tokenizer(), "cpu_model": cpu_model, "torch": torch}
+    cells = nbformat.read(REPO_ROOT / "notebooks" / "07_deployment.ipynb", as_version=4).cells
+    exec(next(cell.source for cell in cells if "minimal_app = FastAPI()" in cell.source), namespace)
+    return namespace
+
+
 NOTEBOOK_NAMES = {
     "00_setup.ipynb": lambda: {"tokenizer": _tokenizer()},
     "01_mse_and_gradient_descent.ipynb": lambda: {"np": np},
     "02_data_preparation.ipynb": lambda: dict(_notebook_02()),
+    "04_finetuning_gpt2.ipynb": lambda: {"torch": torch, "math": math},
+    "07_deployment.ipynb": _notebook_07,
 }
 
 

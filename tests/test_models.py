@@ -116,6 +116,16 @@ def test_tiny_base_is_a_real_gpt2_that_generates(tiny_base, tokenizer):
     assert out.shape == (1, inputs.input_ids.shape[1] + 12)
 
 
+def test_loaded_model_names_its_loss_so_labels_warn_nothing(tiny_base):
+    """transformers finds no loss for the class name GPT2LMHeadModel and warns on stderr; load_model names it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    assert GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16)).loss_type is None  # the cause
+    assert tiny_base.loss_type in LOSS_MAPPING and tiny_base.loss_function is ForCausalLMLoss
+    assert models.with_causal_lm_loss(tiny_base) is tiny_base
+
+
 def test_tiny_base_learned_english(tiny_base, tokenizer):
     """Held-out Austen scores far better in order than the same tokens shuffled."""
     from helpers.evaluation import perplexity
