@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.gpu_check import card_peak_tflops
+from tools.gpu_check import Report, card_peak_tflops, keep_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,3 +34,13 @@ def test_dry_run_runs_the_whole_plan_on_the_cpu(tmp_path):
     resolved = found["figures"]["notebook_settings"]
     assert resolved["mode"] == "gpu" and resolved["block_size"] <= resolved["context"]
     assert (tmp_path / "gpu_check.txt").read_text().startswith("step")
+
+
+def test_a_real_runs_results_are_kept_under_the_cards_name_and_date(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gpu_check.json").write_text("{}")
+    (out / "gpu_check.txt").write_text("step  what  value")
+    stem = keep_results(Report(figures={"card": "NVIDIA H200", "date": "2026-11-30"}), out, tmp_path / "results")
+    assert stem.name == "gpu-check-nvidia-h200-2026-11-30"
+    assert (stem.with_suffix(".txt")).read_text() == "step  what  value" and (stem.with_suffix(".json")).exists()

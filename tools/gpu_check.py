@@ -1,7 +1,8 @@
 """``make gpu-check``: prove the ``gpu`` mode end to end on one CUDA machine with no network.
 
 The plan, in order; every step adds rows to one table, printed at the end and written (with the
-raw figures) to ``artifacts/gpu-check/gpu_check.json``:
+raw figures) to ``artifacts/gpu-check/gpu_check.json``, and on a CUDA machine kept in
+``bench/results/gpu-check-<card>-<date>.json`` (and ``.txt``) to be committed:
 
 1. **environment**: torch, CUDA, the card and the bf16 dense peak used for MFU (from the card's
    data sheet; a measured matmul ceiling is printed beside it);
@@ -27,6 +28,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +91,7 @@ def check_environment(report: Report, device: torch.device) -> float:
         report.add("environment", "device", f"{device} (dry run), fp32 matmul ceiling {measured / 1e12:.2f} TFLOP/s")
         return measured
     name = torch.cuda.get_device_name(device)
+    report.figures["card"] = name
     measured = matmul_peak_flops(torch.bfloat16, device, sizes=(4096, 8192))
     sheet = card_peak_tflops(name)
     peak = sheet * 1e12 if sheet else measured
@@ -256,7 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "gpu_check.txt").write_text(report.table() + "\n")
     print("\n" + report.table())
     print(f"\n{len(report.failures)} failure(s) in {report.figures['seconds']:.0f} s; written to {args.out}")
+    if not args.dry_run:
+        keep_results(report, args.out)
     return 1 if report.failures else 0
+
+
+def keep_results(report: Report, out: Path, results_dir: Path = REPO_ROOT / "bench" / "results") -> Path:
+    """A real run's table and JSON also go to ``bench/results/gpu-check-<card>-<date>.*``, to be committed."""
+    card = re.sub(r"[^a-z0-9]+", "-", report.figures.get("card", "cuda").lower()).strip("-")
+    stem = results_dir / f"gpu-check-{card}-{report.figures['date']}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".json", ".txt"):
+        shutil.copyfile(out / f"gpu_check{suffix}", stem.with_suffix(suffix))
+    print(f"kept in {stem}.json and .txt; now `make map` (the measured gpu minutes) and commit both")
+    return stem
 
 
 if __name__ == "__main__":
