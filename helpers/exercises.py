@@ -330,8 +330,7 @@ def check_luhn(fn: Callable[[str], bool] | None) -> None:
     ``fn(number)`` takes a string of digits (maybe with spaces or dashes) and returns a bool;
     it is compared with :func:`helpers.data.luhn_valid` on published test numbers.
     """
-    if fn is None:
-        print("⏳ not done yet: write the function, then pass it to check_luhn")
+    if _not_done("write the function, then pass it to check_luhn", fn):
         return
     for number in _LUHN_CASES:
         expected = luhn_valid(number)
@@ -413,8 +412,7 @@ def check_causal_attention(fn: Callable | None) -> None:
     ``fn(q, k, v)`` takes three (batch, T, head_size) tensors and returns the output, compared with
     ``torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)`` on random tensors.
     """
-    if fn is None:
-        print(f"{NOT_DONE}: write my_attention, then pass it to check_causal_attention")
+    if _not_done("write my_attention, then pass it to check_causal_attention", fn):
         return
     import torch
     import torch.nn.functional as F
@@ -463,8 +461,7 @@ def check_top_p(fn: Callable | None) -> None:
     Compared with transformers' ``TopPLogitsWarper`` on random logits, from flat to peaked rows:
     the same tokens must be kept (the others -inf) and the kept logits left unchanged.
     """
-    if fn is None:
-        print(f"{NOT_DONE}: write my_top_p, then pass it to check_top_p")
+    if _not_done("write my_top_p, then pass it to check_top_p", fn):
         return
     import torch
     from transformers import TopPLogitsWarper
@@ -503,8 +500,7 @@ def check_kv_update(fn: Callable | None) -> None:
     Run step by step (a 5-token prompt, then 3 single tokens, ``None`` as the first past) against
     transformers' ``DynamicCache.update``.
     """
-    if fn is None:
-        print(f"{NOT_DONE}: write my_kv_update, then pass it to check_kv_update")
+    if _not_done("write my_kv_update, then pass it to check_kv_update", fn):
         return
     import torch
     from transformers import DynamicCache
@@ -866,8 +862,7 @@ def check_gate_rule(fn: Callable | None) -> None:
     higher; compared with ``helpers.registry.gate`` (smoke test passing) on cases at and around
     both thresholds, including a diverged (inf, nan) candidate.
     """
-    if fn is None:
-        print(f"{NOT_DONE}: write my_gate, then pass it to check_gate_rule")
+    if _not_done("write my_gate, then pass it to check_gate_rule", fn):
         return
     from helpers.registry import gate
 
