@@ -4,13 +4,15 @@ Starts ``python -m helpers.serving`` on the tiny base (``data/models/tiny-gpt2-b
 skipped with a message when it is missing) on 127.0.0.1, once with the default
 ``--max-batch-size`` and once with ``--max-batch-size 1`` (one request at a time, the old
 service). Against each, 1/2/4/8/16/32 concurrent clients each stream greedy completions of
-64 new tokens, in turn (at least 8 requests per level, at least 2 per client); each level runs
-twice and the less disturbed run (more tokens/s) counts, as ``bench.best_of`` does for times.
+64 new tokens, in turn (at least 8 requests per level, at least 2 per client); the levels run
+in three rounds and each level's least disturbed run (most tokens/s) counts, as ``bench.best_of``
+does for times.
 Prints per level: aggregate tokens/s, p50/p95 latency, time to first token and time per output
 token (p50), errors. Then, on the batching server only:
 abandoned requests (clients that leave mid-way, streaming and not: tokens generated after
 they left, per request, from ``/metrics``) and the server's RSS after three rounds of 16
-concurrent requests. Every percentile is ``numpy.percentile``.
+concurrent requests. Every percentile is ``numpy.percentile``. And the logits product the engine
+speeds up by storing the output weight transposed (``lay_out_output_projection``), timed both ways.
 """
 
 from __future__ import annotations
@@ -18,18 +20,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
 import psutil
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
-from bench import Comparison
+from bench import Comparison, best_of
 from helpers.models import tiny_base_dir
 from helpers.serving import ServingLimits, start_background
 from helpers.serving.load import LoadResult, run_load
 
 LEVELS = (1, 2, 4, 8, 16, 32)
-REPEATS = 2  # runs per level; the one with the most tokens/s counts (the machine's other work only slows)
+REPEATS = 3  # runs per level; the one with the most tokens/s counts (the machine's other work only slows)
 MAX_TOKENS = 64
 STARTUP_S = 180
 ABANDONED = 8  # requests of each kind (streaming, not) whose client leaves
@@ -48,7 +54,10 @@ def _per_client(clients: int) -> int:
 
 def _levels(url: str) -> dict[int, LoadResult]:
     run_load(url, BODY, 2, requests_per_client=1)  # warm-up: the first requests pay for lazy initialisation
-    runs = {clients: [run_load(url, BODY, clients, _per_client(clients)) for _ in range(REPEATS)] for clients in LEVELS}
+    runs: dict[int, list[LoadResult]] = {clients: [] for clients in LEVELS}
+    for _ in range(REPEATS):  # round after round over the levels: a slow spell of the machine hits them alike
+        for clients in LEVELS:
+            runs[clients].append(run_load(url, BODY, clients, _per_client(clients)))
     return {clients: max(results, key=lambda r: r.tokens_per_s) for clients, results in runs.items()}
 
 
@@ -121,6 +130,23 @@ def _rss_rounds(url: str, pid: int) -> list[float]:
     return rss
 
 
+def _head_layout() -> Comparison:
+    """The logits product of a decode step of 8 rows, with the tiny base's output weight laid out as
+    transformers keeps it (vocab, hidden) and as the engine stores it (hidden, vocab)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir(), dtype=torch.float32).eval()
+    weight = model.get_output_embeddings().weight.detach()
+    transposed = weight.t().contiguous().t()  # the same values and shape; (hidden, vocab) in memory
+    hidden = torch.randn(8, 1, weight.shape[1])
+
+    def products(w: torch.Tensor) -> Callable[[], None]:
+        return lambda: [F.linear(hidden, w) for _ in range(200)]
+
+    with torch.inference_mode():
+        as_kept, as_stored = best_of(products(weight), 5), best_of(products(transposed), 5)
+    return Comparison("serving: logits product, 8 rows, (vocab, hidden) vs (hidden, vocab) layout", "ms",
+                      "vocab, hidden", as_kept * 1000 / 200, "hidden, vocab", as_stored * 1000 / 200)
+
+
 def run() -> list[Comparison]:
     if not (tiny_base_dir() / "config.json").is_file():
         print(f"  skipping: {tiny_base_dir()} does not exist yet (python -m tools.pretrain_tiny_base writes it)")
@@ -145,6 +171,7 @@ def run() -> list[Comparison]:
     p95 = {c: _ms([t.total_s for t in r.timings], 95) for c, r in on.items()}
     rss = extra["rss"]
     return [
+        _head_layout(),
         Comparison("serving: tokens/s, 8 clients vs 1 (batching)", "tokens/s", "1 client", on[1].tokens_per_s,
                    "8 clients", on[8].tokens_per_s, ">= 4"),
         Comparison("serving: p95 latency, 8 clients vs 1 (batching)", "ms", "1 client", p95[1], "8 clients", p95[8],

@@ -8,6 +8,7 @@ that is too slow) run uvicorn in a thread of this process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -26,8 +27,10 @@ from helpers import serving
 from helpers.deployment import CHAT_TEMPLATE, export_release, with_chat_template
 from helpers.models import tokenizer_dir
 from helpers.serving import ServingLimits, create_app, free_port, make_server
+from helpers.serving.cli import _bind
 from helpers.serving.engine import Request as EngineRequest
 from helpers.serving.engine import SamplingParams
+from helpers.serving.load import run_load
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -593,6 +596,45 @@ def test_a_client_that_leaves_a_stream_frees_its_row(live, caplog):
         lines = response.iter_lines()
         assert [next(lines) for _ in range(3)][0].startswith("data: ")
     assert_left_within_one_step(url, app, caplog)
+
+
+def test_the_load_generator_times_every_answer_and_counts_every_failure(live):
+    url, _ = live
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+
+    async def from_a_running_event_loop():  # as in Jupyter, whose loop runs in the notebook's thread
+        return run_load(url, body, clients=3, requests_per_client=2)
+
+    answered = asyncio.run(from_a_running_event_loop())
+    assert answered.errors == [] and len(answered.timings) == 6
+    assert all(0 < t.completion_tokens <= 4 and 0 < t.first_token_s <= t.total_s <= answered.wall_s
+               for t in answered.timings)
+    refused = run_load(url, {**body, "model": "no-such-model"}, clients=2, requests_per_client=2)
+    assert refused.timings == [] and len(refused.errors) == 4 and all("HTTP 404" in e for e in refused.errors)
+
+
+def test_connections_to_the_listening_socket_send_small_writes_at_once():
+    """Nagle's algorithm is off on every accepted connection (asyncio sets TCP_NODELAY only when the
+    listening socket says it is TCP); with it on, streamed tokens on a kept-alive connection waited
+    40 ms for the client's delayed ACK."""
+    sock = _bind("127.0.0.1", 0)
+    nodelay = []
+
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport):
+            nodelay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one():
+        server = await asyncio.get_running_loop().create_server(Accept, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            while not nodelay:
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(accept_one(), WAIT_S))
+    assert nodelay[0] != 0
 
 
 def test_slow_headers_are_cut_off_and_the_server_keeps_serving(live):

@@ -18,7 +18,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers.models import tiny_base_dir
-from helpers.serving.engine import Engine, QueueFull, Request, Result, SamplingParams, TextStream
+from helpers.serving.engine import (
+    Engine,
+    QueueFull,
+    Request,
+    Result,
+    SamplingParams,
+    TextStream,
+    lay_out_output_projection,
+)
 
 WAIT_S = 120  # the longest any test here waits for an answer
 NEAR_TIE = 1e-4
@@ -146,6 +154,28 @@ def test_seeded_sampling_in_a_batch_equals_alone(alone, batched, model, prompts)
         assert_same_or_near_tie(model, prompt_ids, by_itself.token_ids, together[name].token_ids, name)
 
 
+def test_prompts_arriving_together_share_one_prefill_and_get_what_they_get_alone(alone, batched, model, prompts):
+    shapes, forward = [], batched._forward
+
+    def recording_forward(input_ids, cache, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return forward(input_ids, cache, **kwargs)
+
+    batched._forward = recording_forward
+    jobs = {**staggered_jobs(prompts, temperature=0.0),
+            "sampled": (prompts["typical"], SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, seed=5))}
+    collector = Collector(batched)
+    with batched._cond:  # the engine waits until every request has arrived
+        for name, (prompt_ids, params) in jobs.items():
+            collector.submit(name, prompt_ids, params)
+    results = {name: collector.result(name) for name in jobs}
+    assert shapes[0] == (len(jobs), max(len(ids) for ids, _ in jobs.values()))  # one pass, padded to the longest
+    for name, (prompt_ids, params) in jobs.items():
+        by_itself = alone.generate(prompt_ids, params)
+        assert results[name].finish_reason == by_itself.finish_reason
+        assert_same_or_near_tie(model, prompt_ids, by_itself.token_ids, results[name].token_ids, name)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_greedy_in_a_batch_equals_alone_on_cuda(tokenizer, prompts):
@@ -267,3 +297,41 @@ def test_text_stream_cuts_at_a_stop_and_never_shows_its_start(tokenizer):
     assert "".join(pieces) == stream.text == "Hel" and stream.stopped
     pieces, stream = feed(tokenizer, tokenizer("Hello world").input_ids, ("world!",))
     assert "".join(pieces) == "Hello world" and not stream.stopped  # held back, then released at the end
+
+
+def test_the_output_projection_is_stored_transposed_and_computes_the_same(tokenizer):
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_base_dir(), dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer("Emma Woodhouse, handsome, clever, and rich").input_ids])
+    weight = fresh.get_output_embeddings().weight
+    values = weight.detach().clone()
+    with torch.inference_mode():
+        before = fresh(ids).logits
+    assert lay_out_output_projection(fresh)
+    assert weight.stride() == (1, weight.shape[0])  # (hidden, vocab) in memory
+    assert fresh.get_output_embeddings().weight is weight is fresh.get_input_embeddings().weight  # still tied
+    assert torch.equal(weight, values) and weight.shape == values.shape
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(ids).logits, before, rtol=1e-5, atol=1e-5)
+    assert not lay_out_output_projection(fresh)  # laid out already: nothing to do
+
+
+def test_after_pass_follows_the_deliveries_of_each_forward_pass(model, tokenizer, prompts):
+    log = []
+    engine = Engine(model, tokenizer, max_batch_size=4, after_pass=lambda: log.append("pass"))
+    done = threading.Semaphore(0)
+
+    def deliver(kind: str, item) -> None:
+        log.append(kind)
+        if kind == "done":
+            done.release()
+
+    for name in ("typical", "short", "one token"):
+        engine.submit(Request(prompts[name], SamplingParams(max_tokens=12, temperature=0.0), WAIT_S, deliver,
+                              stream=True))
+    for _ in range(3):
+        assert done.acquire(timeout=WAIT_S)
+    wait_for(lambda: log[-1] == "pass", "the last hand-over")
+    engine.close()
+    deliveries = [entry for entry in log if entry != "pass"]
+    assert deliveries.count("done") == 3 and deliveries.count("text") > 12
+    assert log.count("pass") < len(deliveries)  # three rows share a pass: their tokens are handed over together

@@ -3,12 +3,15 @@
 Introduced in ``07_deployment.ipynb``; ``bench/bench_serving.py`` uses it too. Each client
 sends its requests one after another (a closed loop, like a user waiting for each answer),
 with ``stream: true`` so that the time to the first token is seen as well as the whole answer.
+All clients share one asyncio event loop in one thread (as vLLM's benchmark client does): on a
+2-core machine the server and its load share the cores, and a thread per client would take
+several times more CPU away from the server than the loop does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,12 +48,12 @@ class LoadResult:
         return sum(t.completion_tokens for t in self.timings) / self.wall_s
 
 
-def _one(client: httpx.Client, url: str, body: dict) -> Timing:
+async def _one(client: httpx.AsyncClient, url: str, body: dict) -> Timing:
     start, first, usage = time.perf_counter(), None, None
-    with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.read()[:200]!r}")
-        for line in response.iter_lines():
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             if first is not None and '"usage"' not in line and '"error"' not in line:
@@ -65,30 +68,32 @@ def _one(client: httpx.Client, url: str, body: dict) -> Timing:
     return Timing(first if first is not None else total, total, usage["completion_tokens"] if usage else 0)
 
 
+async def _load(url: str, body: dict, clients: int, requests_per_client: int, headers: dict | None,
+                timeout_s: float) -> LoadResult:
+    result = LoadResult(clients, 0.0)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)  # a connection per client
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        for _ in range(requests_per_client):
+            try:
+                result.timings.append(await _one(client, url, body))
+            except (httpx.HTTPError, RuntimeError) as error:
+                result.errors.append(str(error) or type(error).__name__)
+
+    async with httpx.AsyncClient(headers=headers, timeout=timeout_s, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        result.wall_s = time.perf_counter() - start
+    return result
+
+
 def run_load(url: str, body: dict, clients: int, requests_per_client: int = 2, headers: dict | None = None,
              timeout_s: float = 300) -> LoadResult:
-    """``clients`` threads, each streaming ``requests_per_client`` completions of ``body`` in turn.
+    """``clients`` concurrent clients, each streaming ``requests_per_client`` completions of ``body`` in turn.
 
     Introduced in ``07_deployment.ipynb``. A request that fails (any status but 200, an error
     event, a broken connection) is counted in ``errors`` with what went wrong.
     """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    result, lock = LoadResult(clients, 0.0), threading.Lock()
-
-    def client_loop(_: int) -> None:
-        with httpx.Client(headers=headers, timeout=timeout_s) as client:
-            for _ in range(requests_per_client):
-                try:
-                    timing = _one(client, url, body)
-                except (httpx.HTTPError, RuntimeError) as error:
-                    with lock:
-                        result.errors.append(str(error))
-                    continue
-                with lock:
-                    result.timings.append(timing)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(client_loop, range(clients)))
-    result.wall_s = time.perf_counter() - start
-    return result
+    with ThreadPoolExecutor(max_workers=1) as pool:  # a loop of its own: Jupyter's is already running in this thread
+        return pool.submit(asyncio.run, _load(url, body, clients, requests_per_client, headers, timeout_s)).result()
