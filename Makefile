@@ -6,7 +6,7 @@
 #   make download pre-fetch GPT-2 (124M) into the local Hugging Face cache for an offline workshop
 #   make student  the workshop build: notebooks with the solutions stubbed out, in build/student/
 #   make map      merge the minutes `make course` measured into the notebooks, regenerate the README's course map
-#   make outputs NB="03 05"   execute those notebooks in cpu mode, in place: the outputs to commit
+#   make outputs NB="03 06"   execute those notebooks in cpu mode, in place: the outputs to commit
 #   make gpu-check            the gpu mode end to end on a CUDA machine (a dry run of the same plan without one)
 #   make constraints          pin the installed versions (after `make test` passed) into constraints.txt
 
@@ -54,7 +54,7 @@ map: $(STAMP)
 	$(PY) -m tools.course --minutes --map
 
 outputs: $(STAMP)
-	@test -n "$(NB)" || { echo 'name the notebooks to re-run, e.g. make outputs NB="03 05"'; exit 2; }
+	@test -n "$(NB)" || { echo 'name the notebooks to re-run, e.g. make outputs NB="03 06"'; exit 2; }
 	COURSE_MODE=cpu $(PY) -m tools.course --in-place $(NB)
 
 gpu-check: $(STAMP)

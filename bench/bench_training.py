@@ -1,4 +1,4 @@
-"""Training speed, side by side in one run (issue: notebook 04).
+"""Training speed, side by side in one run (issue: notebook 05).
 
 1. The helper's loop against ``transformers.Trainer``: same model, same token blocks, same
    settings (batch 8 x 128, AdamW, warmup + cosine, clipping, one evaluation at the end, the
@@ -14,7 +14,7 @@
    sizes, measured before and after the steps.
 3. What keeping freed memory (``helpers.runtime.reuse_freed_memory``) is worth on that step.
 
-Why the helper's loop can outpace ``Trainer`` on a CPU (notebook 04 prints both speeds and
+Why the helper's loop can outpace ``Trainer`` on a CPU (notebook 05 prints both speeds and
 sends the reader here). Two things, both in ``helpers/training.py``: its loss
 (``causal_lm_loss``) shifts the labels instead of slicing the logits, so the (batch, block,
 vocab) logits, 200 MB for GPT-2 at 8 x 128, are never copied; and on a CPU the loop runs inside

@@ -1,7 +1,7 @@
 """Writes that never leave half a file or half a folder behind, a lock between processes, checksums.
 
-Used by every notebook that saves something (02 the data cache, 04 checkpoints and the
-fine-tuned model, 06 the evaluation report, 07 releases, 08 the registry):
+Used by every notebook that saves something (02 the data cache, 05 checkpoints and the
+fine-tuned model, 07 the evaluation report, 10 releases, 11 the registry):
 
 * :func:`write_text_atomic` writes a file under a temporary name beside it, fsyncs it, then
   renames it over the old one (``os.replace`` is atomic): readers see the old file or the new.
@@ -205,7 +205,7 @@ def locked(folder: Path | str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path
     Re-entrant within a thread; other threads and processes wait (up to ``timeout`` seconds,
     then a ``TimeoutError`` that says what to do). The lock is ``flock`` on the folder itself:
     the kernel releases it when its holder dies, even by ``kill -9``. On Windows it only
-    serializes the threads of one process. Used by the registry (08) and every folder swap.
+    serializes the threads of one process. Used by the registry (11) and every folder swap.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -309,8 +309,8 @@ def build_folder(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
     see the previous folder or the complete new one, never half of one. An error (or an
     interrupt) inside the block deletes the temporary folder and leaves ``target`` as it
     was. See :func:`replace_folder` for ``overwrite`` and for what a crash leaves. Used by
-    the data cache (02), checkpoints and the fine-tuned model (04), releases (07) and
-    registry versions (08), LoRA adapters (05), the student build (``tools.student``).
+    the data cache (02), checkpoints and the fine-tuned model (05), releases (10) and
+    registry versions (11), LoRA adapters (06), the student build (``tools.student``).
     """
     building = temporary_folder_beside(target)
     try:

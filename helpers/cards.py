@@ -1,11 +1,11 @@
 """Every Markdown (and plain-text, HTML) rendering the course shows or ships, in one place.
 
 * :func:`data_card`: the data card of ``02_data_preparation.ipynb`` (``helpers.data.data_card``);
-* :func:`model_card`: the release's ``README.md`` of ``07_deployment.ipynb`` (``helpers.deployment.model_card``);
-* :func:`samples_table`: decoding strategies side by side, ``06_evaluation.ipynb``
+* :func:`model_card`: the release's ``README.md`` of ``10_deployment.ipynb`` (``helpers.deployment.model_card``);
+* :func:`samples_table`: decoding strategies side by side, ``07_evaluation.ipynb``
   (``helpers.evaluation.samples_table`` summarizes the rows and calls it);
 * :func:`format_table`, :func:`table`: registry listings, comparisons and gate decisions,
-  ``08_iteration.ipynb`` (``helpers.registry.format_table``).
+  ``11_iteration.ipynb`` (``helpers.registry.format_table``).
 
 The renderers take plain values (dicts, rows) and compute nothing about models or data:
 the numbers come from the modules that measured them, and every one of them is printed.
@@ -82,7 +82,7 @@ def format_table(rows: Sequence[NamedTuple], format: str = "text", labels: Mappi
 
     Columns are the tuple's fields, titled by ``labels`` where it names them (a comparison's
     ``a`` and ``b`` become the two versions); ``None`` shows as ``—``, booleans as yes/no, a
-    ``relative`` column as a signed percentage, a ``size`` in KB/MB. Introduced in ``08_iteration.ipynb``.
+    ``relative`` column as a signed percentage, a ``size`` in KB/MB. Introduced in ``11_iteration.ipynb``.
     """
     if not rows:
         return "(no rows)"
@@ -91,7 +91,7 @@ def format_table(rows: Sequence[NamedTuple], format: str = "text", labels: Mappi
     return table([(labels or {}).get(h, h) for h in fields], body, format)
 
 
-# --------------------------------------------------------------------------- decoding samples (06)
+# --------------------------------------------------------------------------- decoding samples (07)
 
 
 def samples_table(
@@ -104,7 +104,7 @@ def samples_table(
     """One line per strategy, one text column per prompt, then the strategy's mean ``figures``.
 
     ``summaries`` are ``helpers.evaluation.summarize_samples(rows)``. Texts longer than
-    ``max_chars`` are cut with an ellipsis. Introduced in ``06_evaluation.ipynb``.
+    ``max_chars`` are cut with an ellipsis. Introduced in ``07_evaluation.ipynb``.
     """
     if format not in TABLE_FORMATS:
         raise ValueError(f"format must be 'markdown', 'html' or 'text', got {format!r}")
@@ -160,17 +160,17 @@ end-of-text id {m['eos_id']} between documents, stored as {m['dtype']}.
 Gutenberg boilerplate stripped ({stats['corpus']['characters_raw']:,} → {stats['corpus']['characters_clean']:,} \
 characters). Personal data replaced by placeholders: {scrubbed}. De-duplication: {dedup['removed']} repeated \
 paragraphs of at least {dedup['min_chars']} characters removed out of {dedup['checked']:,} checked.
-**Held out**: no work is in two splits; the test play is never trained on, and the held-back works wait for notebook 08.
+**Held out**: no work is in two splits; the test play is never trained on, and the held-back works wait for notebook 11.
 """
 
 
-# --------------------------------------------------------------------------- model card (07)
+# --------------------------------------------------------------------------- model card (10)
 
 
 def model_card(model, eval_report: Mapping | None = None, training_info: Mapping | None = None, name: str = "model") -> str:
     """The release's ``README.md``: details, intended use, data, training, metrics, limits.
 
-    Introduced in ``07_deployment.ipynb``. Every number comes from the model or the two
+    Introduced in ``10_deployment.ipynb``. Every number comes from the model or the two
     dictionaries; sections without data say "not reported" rather than inventing one.
     """
     eval_report, training_info = dict(eval_report or {}), dict(training_info or {})

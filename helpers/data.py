@@ -1,7 +1,7 @@
 """Data preparation: from a folder of text files to packed token blocks, cached on disk.
 
-Introduced in ``02_data_preparation.ipynb``; 04 trains on what :func:`prepare` leaves in
-``artifacts/data/``, 06 scores the test play and 08 brings in the held-back poems.
+Introduced in ``02_data_preparation.ipynb``; 05 trains on what :func:`prepare` leaves in
+``artifacts/data/``, 07 scores the test play and 11 brings in the held-back poems.
 
 One function per step, each callable on its own:
 
@@ -41,9 +41,9 @@ from helpers.settings import Settings, display_path, get_settings
 FORMAT_VERSION = 1  # bump when the files or the manifest change shape
 EOS_ID = 50256  # GPT-2's <|endoftext|>, written between documents
 SPLITS = ("train", "validation", "test", "held_back")
-DEFAULT_TEST = ("hamlet",)  # the held-out play (06 reports perplexity on it)
+DEFAULT_TEST = ("hamlet",)  # the held-out play (07 reports perplexity on it)
 DEFAULT_VALIDATION = ("macbeth", "twelfth_night")  # a tragedy and a comedy, watched during training
-DEFAULT_HELD_BACK = (  # the sonnets and poems: the "new data" that arrives in 08
+DEFAULT_HELD_BACK = (  # the sonnets and poems: the "new data" that arrives in 11
     "sonnets",
     "rape_of_lucrece",
     "lovers_complaint",
@@ -591,7 +591,7 @@ def to_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
 class BlockDataset(torch.utils.data.Dataset):
     """Fixed-length blocks of a token stream: item ``i`` is ``{"input_ids": LongTensor[block_size]}``.
 
-    Introduced in ``02_data_preparation.ipynb``; 04 trains on it. The labels are the inputs
+    Introduced in ``02_data_preparation.ipynb``; 05 trains on it. The labels are the inputs
     (the model shifts them by one), so a block is all a causal language model needs.
     """
 
@@ -702,7 +702,7 @@ class PreparedData:
     def documents(self, split: str) -> dict[str, np.ndarray]:
         """Each document of a split as its own token array (without its end-of-text separator).
 
-        Introduced in ``08_iteration.ipynb``, which splits the held-back poems by document.
+        Introduced in ``11_iteration.ipynb``, which splits the held-back poems by document.
         """
         stream = self.tokens(split)
         return {d["name"]: stream[d["start"] : d["start"] + d["tokens"]] for d in self.manifest["splits"][split]["documents"]}
@@ -793,7 +793,7 @@ def prepare(
 ) -> PreparedData:
     """Run the whole pipeline into ``settings.artifacts_dir / "data"``, or reuse what is there.
 
-    Introduced in ``02_data_preparation.ipynb``; 04, 06 and 08 call it too (fast when cached).
+    Introduced in ``02_data_preparation.ipynb``; 05, 07 and 11 call it too (fast when cached).
     ``source_dir`` defaults to ``data/raw/shakespeare`` and ``tokenizer`` to
     :func:`helpers.models.load_tokenizer`. The cache key covers the files' bytes, the
     tokenizer, the block size, the mode and its ``max_chars_per_doc``, the split assignment

@@ -1,6 +1,6 @@
 """Shipping a model: a release folder, a reload check, and int8 quantization for the CPU.
 
-Introduced in ``07_deployment.ipynb``.
+Introduced in ``10_deployment.ipynb``.
 
 * :func:`export_release` writes ``safetensors`` weights (fp32), the tokenizer, a
   ``generation_config.json``, a model card (``README.md``) filled from the evaluation
@@ -71,9 +71,9 @@ def export_release(
 ) -> Path:
     """Write a release folder (weights, tokenizer, generation config, model card, manifest).
 
-    Introduced in ``07_deployment.ipynb``. Weights are saved as fp32 ``safetensors``
-    whatever the model's dtype. ``eval_report`` (06's ``report.json``) and
-    ``training_info`` (04's run summary) fill the model card; any key may be missing.
+    Introduced in ``10_deployment.ipynb``. Weights are saved as fp32 ``safetensors``
+    whatever the model's dtype. ``eval_report`` (07's ``report.json``) and
+    ``training_info`` (05's run summary) fill the model card; any key may be missing.
     ``generation`` holds recommended decoding settings (e.g. ``{"do_sample": True,
     "top_p": 0.95}``) written into ``generation_config.json``.
 
@@ -145,7 +145,7 @@ def verify_release(
 ) -> dict:
     """Reload a release and compare it with the model that was exported.
 
-    Introduced in ``07_deployment.ipynb``. Checks that the required files are there, that
+    Introduced in ``10_deployment.ipynb``. Checks that the required files are there, that
     the reloaded tokenizer gives the same ids, and that the reloaded model's logits equal
     the original's exactly (``torch.equal``) on each prompt. Returns ``{"ok", "prompts",
     "missing_files", "tokenizer_equal", "logits_equal", "max_abs_diff"}``. Exact equality
@@ -186,7 +186,7 @@ def verify_release(
 def conv1d_to_linear(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in which every transformers ``Conv1D`` is an equivalent ``nn.Linear``.
 
-    Introduced in ``07_deployment.ipynb``. ``Conv1D`` computes ``x @ W + b`` with ``W`` of
+    Introduced in ``10_deployment.ipynb``. ``Conv1D`` computes ``x @ W + b`` with ``W`` of
     shape ``(in, out)``; ``nn.Linear`` computes ``x @ W.T + b`` with ``W`` of shape
     ``(out, in)``. So the weight is transposed, the bias copied. The original is untouched.
     """
@@ -215,7 +215,7 @@ def compare_logits(
 ) -> dict:
     """How close ``candidate``'s logits are to ``reference``'s on ``input_ids``.
 
-    Introduced in ``07_deployment.ipynb``. Returns ``{"max_abs_diff", "allclose",
+    Introduced in ``10_deployment.ipynb``. Returns ``{"max_abs_diff", "allclose",
     "top1_agreement"}``: ``allclose`` uses ``torch.allclose(rtol, atol)`` (the tight default
     proves a lossless rewrite such as :func:`conv1d_to_linear`); ``top1_agreement`` is the
     share of positions whose most likely next token is the same (what quantization keeps).
@@ -248,7 +248,7 @@ def probe_ids(model: nn.Module, length: int = 32, seed: int = 0) -> torch.Tensor
 class TiedInt8Embedding(nn.Module):
     """Token embedding that looks its rows up in the int8 weight of the (tied) quantized ``lm_head``.
 
-    Introduced in ``07_deployment.ipynb`` (see the module docstring for why). Holds no
+    Introduced in ``10_deployment.ipynb`` (see the module docstring for why). Holds no
     state of its own in ``state_dict``: the int8 matrix is saved once, with the head. At
     run time it keeps an unpacked copy of the int8 rows and their scales (1 byte per
     weight instead of fp32's 4), because unpacking on every forward pass would cost more
@@ -276,7 +276,7 @@ class TiedInt8Embedding(nn.Module):
 def quantize_int8(model: nn.Module, quantize_embeddings: bool = True, check: bool = True) -> nn.Module:
     """An int8 copy of ``model`` for the CPU (dynamic quantization of every linear layer).
 
-    Introduced in ``07_deployment.ipynb``. Steps: :func:`conv1d_to_linear` on a CPU fp32
+    Introduced in ``10_deployment.ipynb``. Steps: :func:`conv1d_to_linear` on a CPU fp32
     copy; with ``check``, :func:`compare_logits` must find the rewrite lossless (else a
     ``RuntimeError``); then ``torch.ao.quantization.quantize_dynamic`` with per-channel
     int8 weights (activations are quantized on the fly, per batch). With
@@ -320,7 +320,7 @@ def quantize_int8(model: nn.Module, quantize_embeddings: bool = True, check: boo
 def model_size_bytes(model: nn.Module) -> int:
     """Size of ``torch.save(model.state_dict())`` in bytes: what shipping the weights costs.
 
-    Introduced in ``07_deployment.ipynb``. A tied matrix is counted once (``torch.save``
+    Introduced in ``10_deployment.ipynb``. A tied matrix is counted once (``torch.save``
     stores a shared tensor once); int8 layers count their packed weights and scales.
     """
     buffer = io.BytesIO()
@@ -334,7 +334,7 @@ def model_size_bytes(model: nn.Module) -> int:
 def measure_generation(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> float:
     """Greedy generation speed in new tokens per second, over ``prompts`` one at a time.
 
-    Introduced in ``07_deployment.ipynb``. Each prompt generates exactly ``max_new_tokens``
+    Introduced in ``10_deployment.ipynb``. Each prompt generates exactly ``max_new_tokens``
     (end-of-text is suppressed until then) after one short warm-up call. Timings depend on
     the machine and on what else runs: compare variants in the same run.
     """
@@ -372,7 +372,7 @@ def quantization_table(
 ) -> list[dict]:
     """One row per variant: ``{"variant", "size_mb", "ms_per_token", "perplexity"}``.
 
-    Introduced in ``07_deployment.ipynb``. Both run on the CPU (int8 dynamic quantization
+    Introduced in ``10_deployment.ipynb``. Both run on the CPU (int8 dynamic quantization
     is a CPU technique; an fp32 model elsewhere is copied to the CPU for a fair race).
     Size is :func:`model_size_bytes` in MB (10^6 bytes); latency is 1000 / tokens per
     second of :func:`measure_generation`; perplexity is ``helpers.evaluation.perplexity``
@@ -394,7 +394,7 @@ def quantization_table(
 
 # --------------------------------------------------------------------------- chat template
 
-# How chat messages become one prompt for a base model (notebook 07), the way vLLM serves base
+# How chat messages become one prompt for a base model (notebook 10), the way vLLM serves base
 # models with ``--chat-template``: a play script, each turn under its speaker's name in capitals,
 # ending with the heading the model should continue. ``export_release`` stores it with the tokenizer.
 CHAT_TEMPLATE = (
@@ -406,7 +406,7 @@ CHAT_TEMPLATE = (
 def with_chat_template(tokenizer):
     """``tokenizer`` itself when it has a chat template, else a shallow copy carrying :data:`CHAT_TEMPLATE`.
 
-    Introduced in ``07_deployment.ipynb``; the caller's tokenizer is never changed.
+    Introduced in ``10_deployment.ipynb``; the caller's tokenizer is never changed.
     """
     if tokenizer.chat_template:
         return tokenizer

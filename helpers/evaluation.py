@@ -1,13 +1,13 @@
 """Evaluation that tells the truth: perplexity done right, with intervals, samples and probes.
 
-Introduced in ``06_evaluation.ipynb``; the tiny base's model card (``tools/pretrain_tiny_base.py``)
-and 04's before/after numbers use the same perplexity functions. Read top to bottom:
+Introduced in ``07_evaluation.ipynb``; the tiny base's model card (``tools/pretrain_tiny_base.py``)
+and 05's before/after numbers use the same perplexity functions. Read top to bottom:
 
-1. perplexity: sliding windows, the naive split, one score per document (06 writes the loop first);
-2. intervals (06 writes the bootstrap in its cells) and perplexity per word and per byte;
+1. perplexity: sliding windows, the naive split, one score per document (07 writes the loop first);
+2. intervals (07 writes the bootstrap in its cells) and perplexity per word and per byte;
 3. generation: decoding strategies side by side, with distinct-n and repetition figures;
 4. probes: robustness to perturbed input, and a template bias probe (with its caveats);
-5. the report that ``07_deployment.ipynb`` puts on the model card.
+5. the report that ``10_deployment.ipynb`` puts on the model card.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class NLLResult:
 def window_spans(num_tokens: int, context_len: int, stride: int) -> list[tuple[int, int, int]]:
     """The ``(begin, end, num_scored)`` windows of a sliding-window evaluation.
 
-    Introduced in ``06_evaluation.ipynb``. Each window sees up to ``context_len`` tokens;
+    Introduced in ``07_evaluation.ipynb``. Each window sees up to ``context_len`` tokens;
     only its last ``num_scored`` tokens (those not covered by an earlier window) count, the
     rest are context. The ``num_scored`` add up to ``num_tokens``: every token is covered
     exactly once. With ``stride == context_len`` this is the naive split into
@@ -82,7 +82,7 @@ def window_spans(num_tokens: int, context_len: int, stride: int) -> list[tuple[i
 def max_context(model: torch.nn.Module) -> int | None:
     """The most positions ``model`` can attend to (``n_positions`` for GPT-2), or None if unknown.
 
-    Introduced in ``06_evaluation.ipynb``: the longest window a perplexity evaluation can use.
+    Introduced in ``07_evaluation.ipynb``: the longest window a perplexity evaluation can use.
     """
     config = getattr(model, "config", None)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
@@ -108,7 +108,7 @@ def sliding_window_nll(
 ) -> NLLResult:
     """Sum of next-token NLL over a long 1-D token sequence, scored with a sliding window.
 
-    Introduced in ``06_evaluation.ipynb``. Context tokens are masked with -100; the mean is
+    Introduced in ``07_evaluation.ipynb``. Context tokens are masked with -100; the mean is
     taken over scored tokens, not over windows, so a short last window weighs what its
     tokens weigh. The first token has no context and is never scored: with
     ``stride < context_len``, ``num_tokens == len(input_ids) - 1``. With
@@ -148,7 +148,7 @@ def sliding_window_nll(
 def naive_nll(model: torch.nn.Module, input_ids: TokenIds, context_len: int, batch_size: int = 8) -> NLLResult:
     """NLL over non-overlapping blocks of ``context_len`` tokens: the naive evaluation.
 
-    Introduced in ``06_evaluation.ipynb`` to show why it overstates perplexity: a token
+    Introduced in ``07_evaluation.ipynb`` to show why it overstates perplexity: a token
     early in a block sees almost no context, and each block's first token is not scored at
     all. It is :func:`sliding_window_nll` with ``stride == context_len``.
     """
@@ -160,7 +160,7 @@ def perplexity(
 ) -> float:
     """Perplexity of ``input_ids`` with a sliding window (``stride`` defaults to half the context).
 
-    Introduced in ``06_evaluation.ipynb``; 04 uses it for its before/after numbers.
+    Introduced in ``07_evaluation.ipynb``; 05 uses it for its before/after numbers.
     """
     stride = stride or max(1, context_len // 2)
     return sliding_window_nll(model, input_ids, context_len, stride, batch_size).perplexity
@@ -176,7 +176,7 @@ def document_nlls(
 ) -> dict[str, NLLResult]:
     """Score each document on its own: ``{name: NLLResult}``, the input of the bootstrap.
 
-    Introduced in ``06_evaluation.ipynb``. Documents never share a window, so no document
+    Introduced in ``07_evaluation.ipynb``. Documents never share a window, so no document
     is context for another. ``stride`` defaults to half the context, as in :func:`perplexity`.
     """
     if not documents:
@@ -193,7 +193,7 @@ def document_nlls(
 def chunk_tokens(ids: TokenIds, chunk_len: int) -> dict[str, torch.Tensor]:
     """Split one long token sequence into ``{"chunk_000": ids, ...}`` of ``chunk_len`` tokens.
 
-    Introduced in ``06_evaluation.ipynb`` to bootstrap over one held-out play (Hamlet)
+    Introduced in ``07_evaluation.ipynb`` to bootstrap over one held-out play (Hamlet)
     with chunks of ~1000 tokens. A tail shorter than half a chunk joins the previous chunk.
     Caveat: chunks of one play are not independent documents (same characters, same
     plot, neighbouring chunks share style), so an interval over chunks is optimistic,
@@ -220,7 +220,7 @@ def chunk_tokens(ids: TokenIds, chunk_len: int) -> dict[str, torch.Tensor]:
 class Interval(NamedTuple):
     """A point estimate and its bootstrap interval; unpacks as ``point, low, high``.
 
-    ``06_evaluation.ipynb`` writes the bootstrap that makes these (plain and paired) in its cells;
+    ``07_evaluation.ipynb`` writes the bootstrap that makes these (plain and paired) in its cells;
     :func:`write_report` stores each as ``{"point", "low", "high"}``.
     """
 
@@ -239,7 +239,7 @@ class PairedDifference(NamedTuple):
 def count_words(text: str) -> int:
     """Words as lm-evaluation-harness counts them: ``len(re.split(r"\\s+", text))`` on the original text.
 
-    Introduced in ``06_evaluation.ipynb``.
+    Introduced in ``07_evaluation.ipynb``.
     """
     return len(re.split(r"\s+", text))
 
@@ -247,7 +247,7 @@ def count_words(text: str) -> int:
 def tokenizer_free_metrics(results: Mapping[str, NLLResult], texts: Mapping[str, str]) -> dict[str, float]:
     """Token, word and byte perplexity and bits per byte of documents scored whole.
 
-    Introduced in ``06_evaluation.ipynb`` (which writes the same in a cell). ``results[name]``
+    Introduced in ``07_evaluation.ipynb`` (which writes the same in a cell). ``results[name]``
     must score *every* token of ``texts[name]`` (e.g. each document after an end-of-text token),
     so the total NLL belongs to the whole text. lm-evaluation-harness's conventions: words and
     UTF-8 bytes are counted on each original text and summed, then
@@ -297,7 +297,7 @@ def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
 def distinct_n(tokens: Sequence[int], n: int) -> float:
     """Unique n-grams / all n-grams of ``tokens`` (1.0: no n-gram repeats).
 
-    Introduced in ``06_evaluation.ipynb`` (distinct-n, Li et al. 2016), computed on
+    Introduced in ``07_evaluation.ipynb`` (distinct-n, Li et al. 2016), computed on
     generated token ids. A sequence shorter than ``n`` has no n-grams: 0.0.
     """
     grams = _ngrams(tokens, n)
@@ -307,7 +307,7 @@ def distinct_n(tokens: Sequence[int], n: int) -> float:
 def repetition_rate(tokens: Sequence[int], n: int = 4) -> float:
     """Share of n-grams that already appeared earlier in ``tokens`` (0.0: nothing repeats).
 
-    Introduced in ``06_evaluation.ipynb``. With ``n=4`` it catches the loops that greedy
+    Introduced in ``07_evaluation.ipynb``. With ``n=4`` it catches the loops that greedy
     decoding falls into ("the king, the king, the king") while ordinary function-word
     repeats ("of the") do not count. It equals ``1 - distinct_n(tokens, n)`` (seq-rep-n of
     Welleck et al. 2019); the samples report it at n=4 beside distinct-1 and distinct-2.
@@ -332,7 +332,7 @@ def generate_samples(
 ) -> list[dict[str, Any]]:
     """Generate from every prompt under every strategy; one row per (strategy, prompt).
 
-    Introduced in ``06_evaluation.ipynb``. Rows hold ``strategy, prompt, text`` (the new
+    Introduced in ``07_evaluation.ipynb``. Rows hold ``strategy, prompt, text`` (the new
     text only), ``new_tokens``, ``distinct_1``, ``distinct_2`` and ``repetition_rate``
     (n=4), all on the new tokens. The seed is set before each generation (``seed + i`` for
     the i-th prompt), so any row can be reproduced alone, two calls give identical rows,
@@ -391,7 +391,7 @@ FIGURES = ("distinct_1", "distinct_2", "repetition_rate")
 def summarize_samples(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean distinct-1, distinct-2 and repetition rate per strategy, in the rows' order.
 
-    Introduced in ``06_evaluation.ipynb``; this is the ``decoding`` part of the report.
+    Introduced in ``07_evaluation.ipynb``; this is the ``decoding`` part of the report.
     """
     by_strategy: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -410,7 +410,7 @@ def summarize_samples(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", max_chars: int = 160) -> str:
     """A compact side-by-side table: one line per strategy, one text column per prompt.
 
-    Introduced in ``06_evaluation.ipynb``. The last columns are the strategy's mean
+    Introduced in ``07_evaluation.ipynb``. The last columns are the strategy's mean
     distinct-1, distinct-2 and repetition rate (n=4) from :func:`summarize_samples`. ``format``
     is ``"markdown"`` (show with ``IPython.display.Markdown``), ``"html"``
     (``IPython.display.HTML``) or ``"text"`` (``print``). Texts longer than ``max_chars`` are
@@ -427,7 +427,7 @@ def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", m
 def add_typos(text: str, rate: float, seed: int = 0) -> str:
     """Swap neighbouring letters at about ``rate`` of the positions, reproducibly under ``seed``.
 
-    Introduced in ``06_evaluation.ipynb`` for the robustness probe ("king" -> "kign").
+    Introduced in ``07_evaluation.ipynb`` for the robustness probe ("king" -> "kign").
     """
     if not 0 <= rate <= 1:
         raise ValueError(f"rate must be between 0 and 1 (a share of characters), got {rate}")
@@ -466,7 +466,7 @@ def robustness_probe(
 ) -> dict[str, Any]:
     """How much worse the model scores a passage under simple perturbations.
 
-    Introduced in ``06_evaluation.ipynb``. Returns ``{"rows": [...], "caveats": str}``; one
+    Introduced in ``07_evaluation.ipynb``. Returns ``{"rows": [...], "caveats": str}``; one
     row per perturbation: ``clean``, ``typos`` (neighbouring letters swapped at
     ``typo_rate``), ``lower-case``, ``upper-case``, ``extra whitespace`` (every space
     doubled, every line break doubled), ``short prompt`` (the first ``short_tokens``
@@ -543,7 +543,7 @@ def bias_probe(
 ) -> dict[str, Any]:
     """Template bias probe: sentences that differ only in one group word, scored by the model.
 
-    Introduced in ``06_evaluation.ipynb``. Returns ``{"rows": [...], "summary": {...},
+    Introduced in ``07_evaluation.ipynb``. Returns ``{"rows": [...], "summary": {...},
     "caveats": str}``. One row per (template, group): ``template, group, sentence, tokens,
     log_likelihood`` (total over the whole sentence, in nats; each sentence is preceded by
     the end-of-text token so its first word is scored too) and ``difference``: its
@@ -598,7 +598,7 @@ REPORT_KEYS = ("settings", "perplexity", "difference", "decoding", "probes")
 
 
 def default_report_path() -> Path:
-    """``artifacts/eval/report.json`` under the settings' artifacts folder (``06_evaluation.ipynb`` writes it)."""
+    """``artifacts/eval/report.json`` under the settings' artifacts folder (``07_evaluation.ipynb`` writes it)."""
     return get_settings().artifacts_dir / "eval" / "report.json"
 
 
@@ -622,7 +622,7 @@ def _plain(value: Any) -> Any:
 def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> Path:
     """Write the evaluation report as JSON, atomically, and return its path.
 
-    Introduced in ``06_evaluation.ipynb``; ``07_deployment.ipynb`` puts it on the model
+    Introduced in ``07_evaluation.ipynb``; ``10_deployment.ipynb`` puts it on the model
     card. Default path: ``artifacts/eval/report.json``. Intervals are written as
     ``{"point", "low", "high"}``. Expected shape (extra keys are kept)::
 
@@ -663,11 +663,11 @@ def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> P
 def load_report(path: str | Path | None = None) -> dict[str, Any]:
     """Read the report written by :func:`write_report` (default ``artifacts/eval/report.json``).
 
-    Introduced in ``06_evaluation.ipynb``; ``07_deployment.ipynb`` reads it for the model card.
+    Introduced in ``07_evaluation.ipynb``; ``10_deployment.ipynb`` reads it for the model card.
     """
     path = Path(path) if path is not None else default_report_path()
     if not path.is_file():
         raise FileNotFoundError(
-            f"no evaluation report at {path}; run 06_evaluation.ipynb (it calls write_report) first"
+            f"no evaluation report at {path}; run 07_evaluation.ipynb (it calls write_report) first"
         )
     return json.loads(path.read_text(encoding="utf-8"))

@@ -1,13 +1,13 @@
-"""Notebook 04's whole job in one call, so later notebooks can rebuild it, and the Trainer twin.
+"""Notebook 05's whole job in one call, so later notebooks can rebuild it, and the Trainer twin.
 
-Introduced in ``04_finetuning_gpt2.ipynb``:
+Introduced in ``05_finetuning_gpt2.ipynb``:
 
 * :func:`finetune` runs prepare -> load the base -> :func:`helpers.training.train` -> save, and
   :func:`load_finetuned` returns the fine-tuned model, calling :func:`finetune` first when
-  ``artifacts/models/finetuned`` is missing or was made in another mode (06, 07 and 08 use it
+  ``artifacts/models/finetuned`` is missing or was made in another mode (07, 10 and 11 use it
   so each notebook also runs alone).
 * :func:`trainer_arguments` and :func:`run_trainer` run the same fine-tuning through
-  ``transformers.Trainer`` for comparison (04 and ``bench/bench_training.py``).
+  ``transformers.Trainer`` for comparison (05 and ``bench/bench_training.py``).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ TRAINING_INFO = "training.json"
 
 
 def finetuned_dir(settings: Settings | None = None) -> Path:
-    """Where notebook 04's fine-tuned model is saved: ``artifacts/models/finetuned`` (05 prints it)."""
+    """Where notebook 05's fine-tuned model is saved: ``artifacts/models/finetuned`` (06 prints it)."""
     return (settings or get_settings()).artifacts_dir / FINETUNED_DIR
 
 
 def checkpoint_dir(settings: Settings | None = None) -> Path:
-    """Notebook 04's checkpoint folder for the current mode (each mode its own, so sizes never mix)."""
+    """Notebook 05's checkpoint folder for the current mode (each mode its own, so sizes never mix)."""
     settings = settings or get_settings()
     return settings.artifacts_dir / CHECKPOINT_DIR.format(mode=settings.mode)
 
@@ -47,7 +47,7 @@ def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, b
                    settings: Settings | None = None) -> Path:
     """Save model, tokenizer (always beside the model) and ``training.json``, atomically.
 
-    Introduced in ``04_finetuning_gpt2.ipynb``; the folder appears whole or not at all
+    Introduced in ``05_finetuning_gpt2.ipynb``; the folder appears whole or not at all
     (``helpers.atomic.build_folder``).
     """
     settings = settings or get_settings()
@@ -62,7 +62,7 @@ def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, b
 
 
 def finetune(settings: Settings, progress: bool = True, on_log=None) -> Path:
-    """Fine-tune the course's base model on the prepared Shakespeare and save it (04's pipeline)."""
+    """Fine-tune the course's base model on the prepared Shakespeare and save it (05's pipeline)."""
     data = prepare(settings=settings, progress=progress)
     source = resolve_model_source(settings)
     model, _ = load_model(source)
@@ -74,9 +74,9 @@ def finetune(settings: Settings, progress: bool = True, on_log=None) -> Path:
 
 
 def load_finetuned(settings: Settings | None = None, progress: bool = True):
-    """``(model, tokenizer, training_info)`` of notebook 04's model, rebuilding it when missing.
+    """``(model, tokenizer, training_info)`` of notebook 05's model, rebuilding it when missing.
 
-    Used by 06, 07 and 08. A model made in another mode is rebuilt, so the sizes match.
+    Used by 07, 10 and 11. A model made in another mode is rebuilt, so the sizes match.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,7 +87,7 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
     info = json.loads(info_file.read_text()) if info_file.is_file() else None
     if info is None or info.get("mode") != settings.mode:
         why = "it does not exist yet" if info is None else f"it was made in {info.get('mode')} mode"
-        print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 04)")
+        print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 05)")
         finetune(settings, progress=progress)
         info = json.loads(info_file.read_text())
     model = with_causal_lm_loss(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))

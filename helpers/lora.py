@@ -1,19 +1,19 @@
 """LoRA: a frozen GPT-2 plus a small trainable low-rank update, by hand and with ``peft``.
 
-Introduced in ``05_lora.ipynb``, which writes :class:`LoRALayer` and :func:`add_lora` out in its
+Introduced in ``06_lora.ipynb``, which writes :class:`LoRALayer` and :func:`add_lora` out in its
 cells (a test checks the notebook's code is this code). Reused here:
 
 * :class:`LoRALayer` and :func:`add_lora`: the hand-written LoRA; :func:`copy_lora` moves ``A``
-  and ``B`` between it and ``peft``'s model, either way (05 and the tests compare their logits);
+  and ``B`` between it and ``peft``'s model, either way (06 and the tests compare their logits);
 * :func:`lora_parameter_count` and :func:`adapter_bytes`: what an adapter costs, by formula;
   :func:`wrapped_shapes` reads the shapes it needs from a model;
 * :func:`lora_config`: the ``peft.LoraConfig`` of the same adapter;
-* :func:`training_memory`: the bytes one training step holds, part by part (05's table);
-* :func:`train_lora`, :func:`save_lora` and :func:`load_lora`: 05's adapter, saved under
+* :func:`training_memory`: the bytes one training step holds, part by part (06's table);
+* :func:`train_lora`, :func:`save_lora` and :func:`load_lora`: 06's adapter, saved under
   ``artifacts/models/lora/`` and rebuilt when missing, as :func:`helpers.finetune.load_finetuned`
-  does for 04's model;
+  does for 05's model;
 * :func:`check_adapter_folder` and :func:`merge_adapter`: an adapter folder checked and merged into
-  its base, with errors that name the problem (the registry's adapter versions in 08, and
+  its base, with errors that name the problem (the registry's adapter versions in 11, and
   ``python -m helpers.serving --adapter``).
 """
 
@@ -39,7 +39,7 @@ from helpers.training import TrainConfig, TrainResult, causal_lm_loss, make_opti
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every projection of a GPT-2 block
 DEFAULT_R = 8
 DEFAULT_ALPHA = 16  # alpha = 2 r: the update is scaled by alpha / r = 2
-LORA_LR_FACTOR = 5  # LoRA's learning rate, in multiples of the mode's full fine-tuning rate (05 explains why)
+LORA_LR_FACTOR = 5  # LoRA's learning rate, in multiples of the mode's full fine-tuning rate (06 explains why)
 LORA_DIR = "models/lora"  # under artifacts/
 ADAPTER_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes
 ADAPTER_CONFIG = "adapter_config.json"
@@ -49,7 +49,7 @@ TRAINING_INFO = "training.json"
 class LoRALayer(nn.Module):
     """A frozen GPT-2 projection plus a trainable update of rank r: ``base(x) + x Aᵀ Bᵀ · alpha / r``.
 
-    Written out in ``05_lora.ipynb``; a test checks the notebook's class is this one.
+    Written out in ``06_lora.ipynb``; a test checks the notebook's class is this one.
     """
 
     def __init__(self, base: nn.Module, r: int, alpha: float):
@@ -68,7 +68,7 @@ class LoRALayer(nn.Module):
 def add_lora(model: nn.Module, r: int, alpha: float, targets: Sequence[str] = TARGETS) -> nn.Module:
     """Freeze ``model`` and wrap each target projection of every block in a :class:`LoRALayer` (in place).
 
-    Written out in ``05_lora.ipynb``; a test checks the notebook's function is this one.
+    Written out in ``06_lora.ipynb``; a test checks the notebook's function is this one.
     """
     model.requires_grad_(False)
     for block in model.transformer.h:
@@ -80,7 +80,7 @@ def add_lora(model: nn.Module, r: int, alpha: float, targets: Sequence[str] = TA
 
 
 def wrapped_shapes(model: nn.Module, targets: Sequence[str] = TARGETS) -> list[tuple[int, int]]:
-    """``(d_in, d_out)`` of every projection LoRA wraps in ``model`` (a plain GPT-2), block by block (05)."""
+    """``(d_in, d_out)`` of every projection LoRA wraps in ``model`` (a plain GPT-2), block by block (06)."""
     shapes = []
     for block in model.transformer.h:
         for name in targets:
@@ -96,7 +96,7 @@ def wrapped_shapes(model: nn.Module, targets: Sequence[str] = TARGETS) -> list[t
 def lora_parameter_count(shapes: Sequence[tuple[int, int]], r: int) -> int:
     """Trainable numbers of an adapter of rank ``r``: ``r x (d_in + d_out)`` per wrapped projection.
 
-    The formula ``05_lora.ipynb`` checks against the model; its exercises are checked with it.
+    The formula ``06_lora.ipynb`` checks against the model; its exercises are checked with it.
     """
     if r < 1:
         raise ValueError(f"the rank r must be a positive whole number, got {r}")
@@ -104,7 +104,7 @@ def lora_parameter_count(shapes: Sequence[tuple[int, int]], r: int) -> int:
 
 
 def adapter_bytes(shapes: Sequence[tuple[int, int]], r: int, bytes_per_value: int = 4) -> int:
-    """Bytes of an adapter's numbers (fp32 by default); the file adds a small header (05's exercise 3)."""
+    """Bytes of an adapter's numbers (fp32 by default); the file adds a small header (06's exercise 3)."""
     return lora_parameter_count(shapes, r) * bytes_per_value
 
 
@@ -113,7 +113,7 @@ def _lora_pairs(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]
     pairs = {}
     for name, module in model.named_modules():
         if isinstance(getattr(module, "A", None), nn.Parameter) and isinstance(getattr(module, "B", None), nn.Parameter):
-            pairs[name] = (module.A, module.B)  # a LoRALayer (or the same class written out in 05's cells)
+            pairs[name] = (module.A, module.B)  # a LoRALayer (or the same class written out in 06's cells)
         elif hasattr(module, "lora_A") and "default" in module.lora_A:  # peft: lora_A is (r, in), lora_B (out, r)
             pairs[name.removeprefix("base_model.model.")] = (module.lora_A["default"].weight,
                                                              module.lora_B["default"].weight)
@@ -124,7 +124,7 @@ def copy_lora(source: nn.Module, target: nn.Module) -> int:
     """Copy every ``A`` and ``B`` of ``source`` into ``target``; either may be hand-written or peft.
 
     Returns how many projections were copied; raises when the two are not wrapped alike.
-    ``05_lora.ipynb`` uses it both ways: peft's trained matrices into the hand-written layers
+    ``06_lora.ipynb`` uses it both ways: peft's trained matrices into the hand-written layers
     (same logits), and the hand-trained ones into peft's model (to save them as an adapter).
     """
     source_pairs, target_pairs = _lora_pairs(source), _lora_pairs(target)
@@ -144,7 +144,7 @@ def copy_lora(source: nn.Module, target: nn.Module) -> int:
 def lora_config(r: int = DEFAULT_R, alpha: float = DEFAULT_ALPHA, targets: Sequence[str] = TARGETS):
     """The ``peft.LoraConfig`` of the adapter :func:`add_lora` builds by hand (no dropout, no biases).
 
-    ``05_lora.ipynb`` writes the same config out and checks the two are equal.
+    ``06_lora.ipynb`` writes the same config out and checks the two are equal.
     """
     from peft import LoraConfig
 
@@ -162,7 +162,7 @@ def training_memory(model: nn.Module, batch: torch.Tensor) -> dict[str, int]:
     ``weights`` (every parameter), ``gradients`` (only trainable ones get one), ``optimizer``
     (AdamW's two moments per trainable number) and ``activations`` (what autograd saves for the
     backward pass, parameters excluded). Runs one real step on a copy of the caller's state, so
-    ``model`` itself is not changed. Introduced in ``05_lora.ipynb``.
+    ``model`` itself is not changed. Introduced in ``06_lora.ipynb``.
     """
     import copy
 
@@ -187,11 +187,11 @@ def training_memory(model: nn.Module, batch: torch.Tensor) -> dict[str, int]:
             "optimizer": _tensor_bytes(moments), "activations": sum(saved.values())}
 
 
-# ---------------------------------------------------------------- 05's adapter, saved and rebuilt
+# ---------------------------------------------------------------- 06's adapter, saved and rebuilt
 
 
 def lora_dir(settings: Settings | None = None) -> Path:
-    """``artifacts/models/lora``: where ``05_lora.ipynb`` saves its adapter."""
+    """``artifacts/models/lora``: where ``06_lora.ipynb`` saves its adapter."""
     return (settings or get_settings()).artifacts_dir / LORA_DIR
 
 
@@ -202,7 +202,7 @@ def _base_name(location: str, settings: Settings) -> str:
 
 def save_lora(peft_model, tokenizer, result: TrainResult, config: TrainConfig, base: str,
               settings: Settings | None = None) -> Path:
-    """Save the adapter (``save_pretrained``), the tokenizer and ``training.json`` atomically (05).
+    """Save the adapter (``save_pretrained``), the tokenizer and ``training.json`` atomically (06).
 
     The folder holds only the adapter, not the base: ``training.json`` names the base it needs.
     """
@@ -222,14 +222,14 @@ def save_lora(peft_model, tokenizer, result: TrainResult, config: TrainConfig, b
 
 
 def lora_train_config(settings: Settings | None = None, **overrides) -> TrainConfig:
-    """04's training configuration (same steps, batch, schedule) at LoRA's larger learning rate (05)."""
+    """05's training configuration (same steps, batch, schedule) at LoRA's larger learning rate (06)."""
     settings = settings or get_settings()
     return TrainConfig.from_settings(settings, **{"lr": settings.lr * LORA_LR_FACTOR, **overrides})
 
 
 def train_lora(settings: Settings | None = None, r: int = DEFAULT_R, alpha: float = DEFAULT_ALPHA,
                progress: bool = True) -> Path:
-    """Train 05's adapter with ``peft`` on the prepared Shakespeare and save it (05's pipeline, in one call)."""
+    """Train 06's adapter with ``peft`` on the prepared Shakespeare and save it (06's pipeline, in one call)."""
     from peft import get_peft_model
 
 
@@ -245,7 +245,7 @@ def train_lora(settings: Settings | None = None, r: int = DEFAULT_R, alpha: floa
 
 
 def load_lora(settings: Settings | None = None, progress: bool = True):
-    """``(peft model, tokenizer, training_info)`` of 05's adapter on its base, training it first when missing.
+    """``(peft model, tokenizer, training_info)`` of 06's adapter on its base, training it first when missing.
 
     An adapter made in another mode is retrained, so its base and sizes match this mode.
     """
@@ -263,7 +263,7 @@ def load_lora(settings: Settings | None = None, progress: bool = True):
         why = ("it does not exist yet" if info is None else f"it was made in {info.get('mode')} mode"
                if info.get("mode") != settings.mode else f"it was made for the base {info.get('base_model')}")
         print(f"training the adapter first, because {display_path(folder, settings)} is needed and {why} "
-              "(the same call as notebook 05)")
+              "(the same call as notebook 06)")
         train_lora(settings, progress=progress)
         info = json.loads(info_file.read_text())
     base, _ = load_model(source)
@@ -276,17 +276,17 @@ def load_lora(settings: Settings | None = None, progress: bool = True):
 def check_adapter_folder(folder: Path | str) -> Path:
     """``folder`` as a path when it holds a LoRA adapter (config and weights); else an error naming what is wrong.
 
-    Introduced in ``08_iteration.ipynb`` (the registry's adapter versions); the service's
+    Introduced in ``11_iteration.ipynb`` (the registry's adapter versions); the service's
     ``--adapter`` uses it too.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"adapter folder {folder} does not exist; pass the folder an adapter's "
-                                "save_pretrained wrote (05_lora)")
+                                "save_pretrained wrote (06_lora)")
     if not (folder / ADAPTER_CONFIG).is_file():
         looks_like = " (it holds config.json: a full model, not an adapter)" if (folder / "config.json").is_file() else ""
         raise ValueError(f"{folder} is not a LoRA adapter: it has no {ADAPTER_CONFIG}{looks_like}; pass the folder "
-                         "an adapter's save_pretrained wrote (05_lora)")
+                         "an adapter's save_pretrained wrote (06_lora)")
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -302,10 +302,10 @@ def check_adapter_folder(folder: Path | str) -> Path:
 def merge_adapter(base: nn.Module, adapter_dir: Path | str) -> nn.Module:
     """``base`` with the LoRA adapter in ``adapter_dir`` merged into its weights: a plain model again.
 
-    ``PeftModel.from_pretrained`` then ``merge_and_unload`` (05 shows the merged logits equal the
+    ``PeftModel.from_pretrained`` then ``merge_and_unload`` (06 shows the merged logits equal the
     adapter's). An adapter made for another base shape is a ``ValueError`` naming the mismatch;
     peft itself would load one made for fewer layers without a word. ``base`` is changed in place.
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict

@@ -1,6 +1,6 @@
 """Where the tokenizer and the model come from, in one resolution order.
 
-Introduced in ``00_setup.ipynb`` and used by every notebook from 04 on:
+Introduced in ``00_setup.ipynb`` and used by every notebook from 05 on:
 
 1. ``COURSE_MODEL`` if set: a local folder (with ``config.json``) or a hub id such as ``gpt2``;
 2. in ``gpu`` mode, ``gpt2`` from the Hugging Face hub or the local HF cache
@@ -200,7 +200,7 @@ def load_tokenizer(source: ModelSource | None = None):
 def load_model(source: ModelSource | None = None, dtype=None):
     """Load a ``GPT2LMHeadModel`` (in fp32 unless ``dtype`` says otherwise) and return ``(model, source)``.
 
-    Introduced in ``00_setup.ipynb``; 04 fine-tunes what it returns.
+    Introduced in ``00_setup.ipynb``; 05 fine-tunes what it returns.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -219,7 +219,7 @@ def with_causal_lm_loss(model):
     and on the first ``labels=`` call writes "`loss_type=None` was set in the config but it is
     unrecognized" to stderr before using ``ForCausalLMLoss`` anyway (the config holds no
     ``loss_type``: it is not a config setting). Naming it gives the same loss without the
-    warning. Used by :func:`load_model` (00) and ``helpers.finetune.load_finetuned`` (04).
+    warning. Used by :func:`load_model` (00) and ``helpers.finetune.load_finetuned`` (05).
     """
     if getattr(model, "loss_type", None) is None:
         model.loss_type = "ForCausalLM"

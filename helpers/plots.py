@@ -119,7 +119,7 @@ def plot_train_val_bars(
 def plot_history(history: list[dict], title: str = "Training", ax_row=None) -> Figure:
     """Training loss per step (log scale), validation loss where measured, learning rate, tokens/s.
 
-    Introduced in ``04_finetuning_gpt2.ipynb``; 06 reuses it for the overfitting check.
+    Introduced in ``05_finetuning_gpt2.ipynb``; 07 reuses it for the overfitting check.
     """
     steps = [h["step"] for h in history]
     valid = [(h["step"], h["valid_loss"]) for h in history if "valid_loss" in h]
@@ -142,7 +142,7 @@ def plot_history(history: list[dict], title: str = "Training", ax_row=None) -> F
 def live_history_plot(every: int = 10):
     """A callback for ``helpers.training.train(on_log=...)`` that redraws the curves every ``every`` steps.
 
-    Introduced in ``04_finetuning_gpt2.ipynb``. It updates one output in place (no pile of
+    Introduced in ``05_finetuning_gpt2.ipynb``. It updates one output in place (no pile of
     figures), and does nothing outside a notebook.
     """
     from IPython import get_ipython
@@ -181,7 +181,7 @@ def plot_intervals(
     ``reference`` draws a dashed vertical line, e.g. 0 for a difference: an interval that
     crosses it does not show a change.
 
-    Introduced in ``06_evaluation.ipynb``.
+    Introduced in ``07_evaluation.ipynb``.
     """
     fig, ax = _axes(ax, (6.0, 0.6 + 0.6 * len(intervals)))
     labels = list(intervals)
@@ -205,7 +205,7 @@ def plot_perplexity_vs_stride(rows: Sequence[Mapping], title: str, ax: Axes | No
     """Perplexity per stride; each point labelled with the tokens computed per token scored.
 
     ``rows`` hold ``stride``, ``perplexity`` and ``cost`` (forward-pass tokens per scored
-    token). Introduced in ``06_evaluation.ipynb``.
+    token). Introduced in ``07_evaluation.ipynb``.
     """
     fig, ax = _axes(ax, (6.0, 3.5))
     strides = [row["stride"] for row in rows]
@@ -228,7 +228,7 @@ def plot_decoding_summary(summary: Sequence[Mapping], title: str, ax: Axes | Non
     """Distinct-1, distinct-2 and the 4-gram repetition rate per decoding strategy, as bars.
 
     ``summary`` is :func:`helpers.evaluation.summarize_samples`' output. Introduced in
-    ``06_evaluation.ipynb``.
+    ``07_evaluation.ipynb``.
     """
     fig, ax = _axes(ax, (7.0, 0.9 + 0.45 * len(summary)))
     names = [row["strategy"] for row in summary]

@@ -1,6 +1,6 @@
 """A small local model registry and the promotion gate that guards it.
 
-Introduced in ``08_iteration.ipynb``: new data arrives, fine-tuning resumes, and the new
+Introduced in ``11_iteration.ipynb``: new data arrives, fine-tuning resumes, and the new
 model is kept only when it is measurably better and still works. The registry lives in
 ``artifacts/registry/``::
 
@@ -163,7 +163,7 @@ class GateRow(NamedTuple):
 def registry_root(root: Path | str | None = None) -> Path:
     """The registry folder: ``root`` when given (tests), else ``<artifacts>/registry``.
 
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     return Path(root) if root is not None else get_settings().artifacts_dir / "registry"
 
@@ -370,7 +370,7 @@ def get(version: str, *, root: Path | str | None = None) -> Entry:
     """The healthy entry of ``version`` (its weights checksum verified).
 
     Raises ``UnknownVersionError`` for a version never registered and ``DamagedVersionError``
-    naming the version and the problem for a broken one. Introduced in ``08_iteration.ipynb``.
+    naming the version and the problem for a broken one. Introduced in ``11_iteration.ipynb``.
     """
     _check_version_name(version)
     folder = _versions_dir(root) / version
@@ -387,7 +387,7 @@ def list_versions(*, root: Path | str | None = None) -> list[VersionInfo]:
     What an interrupted write left behind is listed last, under its hidden name, with a problem
     that says whether a running process is still writing it or :func:`clean` will remove it.
     An unreadable ``current.json`` leaves every ``is_current`` False (``current()`` says why).
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     try:
         current_version = _read_pointer(root)["version"]
@@ -418,7 +418,7 @@ def clean(*, root: Path | str | None = None) -> list[str]:
     A temporary whose writer is still running is kept; one whose writer is gone (killed,
     crashed) is removed, as is one without a writer's name that is over a minute old. Every
     successful :func:`register`, :func:`promote` and :func:`rollback` runs it too.
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     with locked(registry_root(root)):
         return _clean_locked(root)
@@ -436,12 +436,12 @@ def _clean_locked(root: Path | str | None) -> list[str]:
 def _release_weights(release: Path, weights_files: Sequence[str] = WEIGHTS_FILES) -> str:
     """The release's weights file name; a clear error for a folder that is not a release."""
     if not release.is_dir():
-        raise FileNotFoundError(f"release folder {release} does not exist; export one first (07_deployment)")
+        raise FileNotFoundError(f"release folder {release} does not exist; export one first (10_deployment)")
     weights_file = next((name for name in weights_files if (release / name).is_file()), None)
     if weights_file is None:
         raise FileNotFoundError(
             f"release folder {release} has no weights file ({' or '.join(weights_files)}); "
-            "export it with save_pretrained first (07_deployment)"
+            "export it with save_pretrained first (10_deployment)"
         )
     for path in release.rglob("*"):
         if not (path.is_dir() or path.is_file()):
@@ -478,7 +478,7 @@ def register(
     renamed into place in one step, under the registry's lock, so an interrupted call leaves
     the registry unchanged and two processes registering at once get different versions.
     A name that is taken (by a version, or by anything else in ``versions/``) is a
-    ``VersionExistsError``. Introduced in ``08_iteration.ipynb``.
+    ``VersionExistsError``. Introduced in ``11_iteration.ipynb``.
     """
     release = Path(release_dir)
     weights_file = _release_weights(release)
@@ -503,7 +503,7 @@ def register_adapter(
     model folder inside the repository (a ``Path``, e.g. ``data/models/tiny-gpt2-base``). The
     entry records that reference and the base weights' sha256; only the adapter's files are
     copied (kilobytes, not the base's megabytes). Atomic and locked like :func:`register`.
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     from helpers.lora import check_adapter_folder
 
@@ -577,7 +577,7 @@ def load(version: str, *, root: Path | str | None = None, device: str | None = N
     merged (``merge_and_unload``): the result is a plain ``GPT2LMHeadModel`` that computes
     base + adapter at the base's speed, which the evaluation and the service take as they
     take any other model. (A ``PeftModel`` would keep the adapter separate, to switch adapters
-    on one base; one model per version needs no switching.) Introduced in ``08_iteration.ipynb``.
+    on one base; one model per version needs no switching.) Introduced in ``11_iteration.ipynb``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -597,7 +597,7 @@ def current(*, root: Path | str | None = None) -> Entry | None:
     """The promoted version's entry, or ``None`` before anything was promoted.
 
     Raises ``DamagedVersionError`` when the current version is broken (roll back or promote
-    another). Introduced in ``08_iteration.ipynb``.
+    another). Introduced in ``11_iteration.ipynb``.
     """
     version = _read_pointer(root)["version"]
     return None if version is None else get(version, root=root)
@@ -607,7 +607,7 @@ def history(*, root: Path | str | None = None) -> list[str]:
     """Every version that was made current, oldest first, one per promotion or rollback.
 
     The last one is the current version. Rollbacks add to it and never shorten it.
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     return list(_read_pointer(root)["history"])
 
@@ -624,7 +624,7 @@ def promote(version: str, *, root: Path | str | None = None) -> Entry:
     Only a healthy registered version can be promoted (a clear error otherwise). Promoting
     the current version again changes nothing. An unreadable ``current.json`` is rewritten
     with a fresh history. Holds the registry's lock from reading ``current.json`` to
-    rewriting it, so concurrent promotions are all recorded. Introduced in ``08_iteration.ipynb``.
+    rewriting it, so concurrent promotions are all recorded. Introduced in ``11_iteration.ipynb``.
     """
     with locked(registry_root(root)):
         entry = get(version, root=root)
@@ -646,7 +646,7 @@ def rollback(*, root: Path | str | None = None) -> Entry:
     Rolling back twice walks back two promotions; promoting again afterwards and rolling back
     works as before. :func:`history` keeps every step. Raises ``RegistryError`` when nothing
     was promoted before the current one, and ``DamagedVersionError`` when that earlier
-    version is broken (promote a healthy one explicitly then). Introduced in ``08_iteration.ipynb``.
+    version is broken (promote a healthy one explicitly then). Introduced in ``11_iteration.ipynb``.
     """
     with locked(registry_root(root)):
         pointer = _read_pointer(root)
@@ -666,7 +666,7 @@ def compare(a: str, b: str, *, root: Path | str | None = None) -> Comparison:
 
     A metric one version lacks shows ``None``; so do ``delta`` and ``relative`` then.
     ``format_table(compare("v1", "v2"))`` prints it, with columns titled ``v1`` and ``v2``.
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     ma, mb = get(a, root=root).metrics, get(b, root=root).metrics
     rows = []
@@ -681,7 +681,7 @@ def compare(a: str, b: str, *, root: Path | str | None = None) -> Comparison:
 def format_table(rows: Sequence[NamedTuple]) -> str:
     """A plain-text table of :func:`list_versions`, :func:`compare` or gate rows (``relative`` as %).
 
-    A comparison's columns are titled with its two versions. Introduced in ``08_iteration.ipynb``;
+    A comparison's columns are titled with its two versions. Introduced in ``11_iteration.ipynb``;
     the rendering is :func:`helpers.cards.format_table`.
     """
     return cards.format_table(rows, labels=getattr(rows, "labels", None))
@@ -763,7 +763,7 @@ def gate(
     higher, relative, and (3) ``smoke_test()`` passes: it returns ``True``/``False`` or
     ``(passed, message)``; raising counts as failing, and no smoke test at all fails too.
     Both metric dicts must be measured on the same data (evaluate the current model on the
-    new data too). Introduced in ``08_iteration.ipynb``.
+    new data too). Introduced in ``11_iteration.ipynb``.
     """
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be in [0, 1) (0.05 = 5 % lower perplexity), got {margin}")
@@ -796,7 +796,7 @@ def gate(
 def promote_if_passes(decision: GateDecision, version: str, *, root: Path | str | None = None) -> Entry | None:
     """Promote ``version`` when ``decision.promote``; return its entry, or ``None`` when the gate said no.
 
-    Introduced in ``08_iteration.ipynb``.
+    Introduced in ``11_iteration.ipynb``.
     """
     return promote(version, root=root) if decision.promote else None
 

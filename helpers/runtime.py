@@ -1,7 +1,7 @@
 """Where the code runs: device, precision policy, CPU memory reuse, Colab detection, seeding, environment report.
 
 Introduced in ``00_setup.ipynb``. The precision policy is the one place that decides
-mixed precision for every later notebook (04 training, 07 serving).
+mixed precision for every later notebook (05 training, 10 serving).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def reuse_freed_memory():
     tcmalloc; here two glibc knobs (``mallopt(3)``) do the same without installing anything:
     no ``mmap`` for large blocks and no trimming of the heap. The price: the process holds
     on to its peak memory while inside. On exit glibc's usual values come back and the heap
-    may shrink again. A no-op outside Linux/glibc. Used by ``helpers.training.train`` on the CPU (04).
+    may shrink again. A no-op outside Linux/glibc. Used by ``helpers.training.train`` on the CPU (05).
     """
     libc = _glibc()
     if libc is None:
@@ -152,7 +152,7 @@ def eval_mode(model: torch.nn.Module):
     """Inside the block ``model`` is in eval mode (dropout off); its previous mode comes back after.
 
     The one place that saves and restores ``model.training``, even when the block raises:
-    evaluating in the middle of training (04), scoring (06) and checking a release (07).
+    evaluating in the middle of training (05), scoring (07) and checking a release (10).
     """
     was_training = model.training
     model.eval()
@@ -179,7 +179,7 @@ def set_seed(seed: int) -> None:
 def progress_bar(iterable=None, progress: bool = True, **kwargs):
     """A tqdm progress bar (notebook widget or text), hidden when ``progress`` is False or ``TQDM_DISABLE`` is set.
 
-    Used by every long loop (02 tokenizing, 04 training, 06 scoring). tqdm's notebook bar
+    Used by every long loop (02 tokenizing, 05 training, 07 scoring). tqdm's notebook bar
     ignores ``TQDM_DISABLE``, so it is read here (CI and committed notebooks set it).
     """
     from tqdm.auto import tqdm

@@ -29,7 +29,7 @@ class Settings:
     block_size: int  # tokens per training example (get_settings keeps it within the model's context)
     batch_size: int  # examples per optimizer micro-step
     grad_accum_steps: int  # micro-steps per optimizer step
-    num_steps: int  # optimizer steps of fine-tuning in 04
+    num_steps: int  # optimizer steps of fine-tuning in 05
     lr: float
     warmup_steps: int
     eval_interval: int  # optimizer steps between validation evaluations

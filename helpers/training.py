@@ -1,6 +1,6 @@
 """Fine-tuning GPT-2 with a loop you can read top to bottom, that scales out and never loses work.
 
-Introduced in ``04_finetuning_gpt2.ipynb``. The shape follows transformers'
+Introduced in ``05_finetuning_gpt2.ipynb``. The shape follows transformers'
 ``run_clm_no_trainer.py``: an ``accelerate.Accelerator`` handles device placement, mixed
 precision and DDP; the loop itself is plain PyTorch: forward, shifted-label cross-entropy,
 backward (accumulated), clip, step, schedule, evaluate, checkpoint.
@@ -102,7 +102,7 @@ class TrainConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides) -> TrainConfig:
-        """The mode's sizes from ``helpers.settings`` (04 uses this), with optional overrides."""
+        """The mode's sizes from ``helpers.settings`` (05 uses this), with optional overrides."""
         s = settings or get_settings()
         values = dict(
             num_steps=s.num_steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
@@ -132,8 +132,8 @@ def micro_batch(blocks, index: int, batch_size: int, seed: int) -> torch.Tensor:
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts token t+1 (labels shifted by one).
 
-    This is what ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` computes; 04 writes it
-    out and a test checks the two agree. 04 slices the logits (``logits[:, :-1]``), which is
+    This is what ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` computes; 05 writes it
+    out and a test checks the two agree. 05 slices the logits (``logits[:, :-1]``), which is
     clearest; here the *labels* move instead: each position gets the next token as its label,
     the last position gets ``IGNORE_INDEX`` and drops out of the mean. Same number, but the
     (batch, block, vocab) logits, 200 MB for GPT-2 at 8 x 128, are neither copied forwards nor
@@ -184,7 +184,7 @@ def save_checkpoint(folder: Path, step: int, state: dict, keep: int) -> Path:
 
 
 def checkpoint_step(path: Path) -> int | None:
-    """The step number of a checkpoint folder's name (``step-000123`` -> 123), None for other names (04)."""
+    """The step number of a checkpoint folder's name (``step-000123`` -> 123), None for other names (05)."""
     match = _CHECKPOINT_NAME.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
@@ -217,7 +217,7 @@ def _read_meta(candidate: Path) -> dict:
 
 
 def load_checkpoint(candidate: Path, required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
-    """The state saved in one checkpoint folder of ``04_finetuning_gpt2.ipynb``, checked against its checksum.
+    """The state saved in one checkpoint folder of ``05_finetuning_gpt2.ipynb``, checked against its checksum.
 
     Loaded with ``weights_only=True`` onto the CPU: a file that would need to run code to be
     read is refused. Raises ``ValueError`` (or ``OSError`` / ``pickle.UnpicklingError``)
@@ -256,7 +256,7 @@ def load_latest_checkpoint(folder: Path, required: tuple[str, ...] = CHECKPOINT_
 def capture_rng_state() -> dict:
     """Python's, NumPy's and PyTorch's random states as tensors and plain lists (what ``weights_only`` loads).
 
-    Saved in every checkpoint of ``04_finetuning_gpt2.ipynb``, so a resumed run draws the same numbers.
+    Saved in every checkpoint of ``05_finetuning_gpt2.ipynb``, so a resumed run draws the same numbers.
     """
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state()
@@ -308,7 +308,7 @@ def train(
     one is loaded first and training continues exactly where it stopped. ``stop_after``
     stops early after that many optimizer steps (to demonstrate an interruption) without
     changing the schedule. ``on_log`` is called with the history after every logged step
-    (04 passes a live plot). Introduced in ``04_finetuning_gpt2.ipynb``.
+    (05 passes a live plot). Introduced in ``05_finetuning_gpt2.ipynb``.
     """
     from accelerate import Accelerator
 
@@ -415,7 +415,7 @@ def _checkpoint(accelerator, model, optimizer, scheduler, step, history, folder,
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m helpers.training``: the same fine-tuning as 04, from a config, for scaling out.
+    """``python -m helpers.training``: the same fine-tuning as 05, from a config, for scaling out.
 
     ``accelerate launch --num_processes 2 -m helpers.training --out DIR`` or
     ``torchrun --nproc_per_node 2 -m helpers.training --out DIR`` run it on several GPUs

@@ -82,7 +82,7 @@ def learning_rate_explorer(
     return sliders
 
 
-# --- 06_evaluation.ipynb -------------------------------------------------------------------
+# --- 07_evaluation.ipynb -------------------------------------------------------------------
 
 
 def decoding_kwargs(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dict:
@@ -92,7 +92,7 @@ def decoding_kwargs(temperature: float, top_k: int = 0, top_p: float = 1.0) -> d
     and ``top_p`` 1.0 switch those filters off, as in :data:`helpers.evaluation.DECODING_STRATEGIES`
     (``top_k=0`` also switches off transformers' default top-k of 50).
 
-    Introduced in ``06_evaluation.ipynb``.
+    Introduced in ``07_evaluation.ipynb``.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
@@ -121,7 +121,7 @@ def generate_text(
     exact ``max_new_tokens`` and the checks on the prompt's length are the same as in the
     comparison table. Bad settings raise ``ValueError`` with the reason.
 
-    Introduced in ``06_evaluation.ipynb``.
+    Introduced in ``07_evaluation.ipynb``.
     """
     strategy = {"playground": decoding_kwargs(temperature, top_k, top_p)}
     rows = generate_samples(model, tokenizer, [prompt], strategy, max_new_tokens=max_new_tokens, seed=seed)
@@ -135,7 +135,7 @@ def next_token_figure(model, tokenizer, prompt: str, temperature: float, top_k: 
     Temperature scales the logits (0: greedy, only the likeliest token); top-k and top-p are applied
     with transformers' own ``TopKLogitsWarper`` and ``TopPLogitsWarper``, as ``generate`` applies them.
     ``continuation`` (one generation with these settings) is written under the bars. The playground's
-    static picture of its current settings. Introduced in ``06_evaluation.ipynb``.
+    static picture of its current settings. Introduced in ``07_evaluation.ipynb``.
     """
     import textwrap
 
@@ -196,7 +196,7 @@ def generation_playground(
     generation with the given settings and returns ``None``. Building it never needs a
     frontend, so a headless run or GitHub shows the widget's text form instead of failing.
 
-    Introduced in ``06_evaluation.ipynb``.
+    Introduced in ``07_evaluation.ipynb``.
     """
     from IPython.display import display
 

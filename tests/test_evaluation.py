@@ -1,7 +1,7 @@
-"""evaluation: perplexity against transformers' own loss, 06's written-out loop and bootstrap, per-word and
+"""evaluation: perplexity against transformers' own loss, 07's written-out loop and bootstrap, per-word and
 per-byte perplexity, decoding, probes, report.
 
-The loop, the bootstrap and the tokenizer-free metrics 06 writes in its cells are loaded from the notebook
+The loop, the bootstrap and the tokenizer-free metrics 07 writes in its cells are loaded from the notebook
 (``tests/notebook_code.py``) and compared with the helpers and with references written here.
 """
 
@@ -17,7 +17,7 @@ import torch
 from helpers import evaluation as ev
 from tests.notebook_code import notebook_definitions
 
-NB = notebook_definitions("06_evaluation.ipynb")  # the lesson code 06 writes in its cells
+NB = notebook_definitions("07_evaluation.ipynb")  # the lesson code 07 writes in its cells
 
 PASSAGE = (
     "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer "
@@ -149,7 +149,7 @@ def test_context_longer_than_the_model_is_a_clear_error(model, ids):
 def test_the_notebook_defines_the_lesson_code():
     for name in ["windowed_nll", "bootstrap_perplexity", "bootstrap_difference", "excludes_zero", "tokenizer_free",
                  "loss_by_context", "my_bits_per_byte"]:
-        assert callable(NB.get(name)), f"06 no longer defines {name}; update this test with the notebook"
+        assert callable(NB.get(name)), f"07 no longer defines {name}; update this test with the notebook"
 
 
 @pytest.mark.parametrize("context_len, stride", [(16, 8), (16, 16), (16, 5), (64, 32), (64, 1)])
@@ -509,5 +509,5 @@ def test_report_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         ev.write_report({**full, "perplexity": {"base": float("nan")}}, tmp_path / "r.json")
     assert not list(tmp_path.iterdir())
-    with pytest.raises(FileNotFoundError, match="06_evaluation"):
+    with pytest.raises(FileNotFoundError, match="07_evaluation"):
         ev.load_report(tmp_path / "missing.json")

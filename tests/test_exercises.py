@@ -171,7 +171,7 @@ def _dedupe(texts, min_chars):
 
 
 def _gate(candidate, current):
-    # 08's rule, written from its statement: at least 5 % lower on the new data, at most 2 % higher held out
+    # 11's rule, written from its statement: at least 5 % lower on the new data, at most 2 % higher held out
     return (candidate["new_data_ppl"] <= 0.95 * current["new_data_ppl"]
             and candidate["heldout_ppl"] <= 1.02 * current["heldout_ppl"])
 
@@ -304,15 +304,15 @@ def test_the_mode_check_wants_an_error_that_names_the_modes(capsys):
 # --- the notebooks' exercises -------------------------------------------------------------------
 
 # What each notebook's earlier cells give its solution cells, besides the checks it imports.
-def _notebook_07() -> dict:
-    """07's minimal endpoint (its cell, run as written) on a small random GPT-2: what its solutions build on."""
+def _notebook_10() -> dict:
+    """10's minimal endpoint (its cell, run as written) on a small random GPT-2: what its solutions build on."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     # small: a context of 64 tokens is enough to test the limit, and generating two tokens takes milliseconds
     cpu_model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64)).eval()
     namespace = {"tokenizer": _tokenizer(), "cpu_model": cpu_model, "torch": torch}
-    cells = nbformat.read(REPO_ROOT / "notebooks" / "07_deployment.ipynb", as_version=4).cells
+    cells = nbformat.read(REPO_ROOT / "notebooks" / "10_deployment.ipynb", as_version=4).cells
     exec(next(cell.source for cell in cells if "minimal_app = FastAPI()" in cell.source), namespace)
     return namespace
 
@@ -321,8 +321,8 @@ NOTEBOOK_NAMES = {
     "00_setup.ipynb": lambda: {"tokenizer": _tokenizer()},
     "01_mse_and_gradient_descent.ipynb": lambda: {"np": np},
     "02_data_preparation.ipynb": lambda: dict(_notebook_02()),
-    "04_finetuning_gpt2.ipynb": lambda: {"torch": torch, "math": math},
-    "07_deployment.ipynb": _notebook_07,
+    "05_finetuning_gpt2.ipynb": lambda: {"torch": torch, "math": math},
+    "10_deployment.ipynb": _notebook_10,
 }
 
 
@@ -356,6 +356,6 @@ def test_notebook_solutions_are_correct_and_stubs_are_not_done(notebook, capsys)
         assert capsys.readouterr().out.startswith(exercises.NOT_DONE), stub
 
 
-def test_notebook_08_has_three_checked_exercises_each_ending_with_its_check():
-    # 08's solutions need its trained candidates, so they run where the notebook runs (nbval), not here
-    test_notebook_has_three_checked_exercises_each_ending_with_its_check("08_iteration.ipynb")
+def test_notebook_11_has_three_checked_exercises_each_ending_with_its_check():
+    # 11's solutions need its trained candidates, so they run where the notebook runs (nbval), not here
+    test_notebook_has_three_checked_exercises_each_ending_with_its_check("11_iteration.ipynb")

@@ -2,7 +2,7 @@
 
 Also: a zero-initialised adapter changes nothing, merging changes nothing, an adapter survives
 ``save_pretrained`` / ``PeftModel.from_pretrained``, training moves only ``A`` and ``B``, the
-notebook's hand-written code is the helper's, and 05's exercise checks.
+notebook's hand-written code is the helper's, and 06's exercise checks.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from helpers import exercises, lora
 from helpers.settings import REPO_ROOT, make_settings
 from helpers.training import TrainConfig, train
 
-NOTEBOOK_05 = REPO_ROOT / "notebooks" / "05_lora.ipynb"
+NOTEBOOK_06 = REPO_ROOT / "notebooks" / "06_lora.ipynb"
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")  # peft 0.21 calls a method transformers 5 renamed
 R, ALPHA = 4, 8
 
@@ -165,7 +165,7 @@ def test_training_moves_only_a_and_b(fresh_accelerator, random_gpt2):
 
 
 def test_a_trained_model_computes_in_fp32_again(fresh_accelerator, random_gpt2):
-    """05 compares a trained adapter's logits to 1e-5: the loop's bf16 autocast must not stay on the model."""
+    """06 compares a trained adapter's logits to 1e-5: the loop's bf16 autocast must not stay on the model."""
     model = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA)
     blocks = np.random.default_rng(0).integers(0, 97, (16, 16)).astype(np.uint16)
     config = TrainConfig(num_steps=2, lr=1e-2, warmup_steps=1, batch_size=4, eval_interval=2, mixed_precision="bf16")
@@ -217,19 +217,19 @@ def _definitions(source: str) -> dict[str, str]:
 
 
 def test_notebook_writes_out_the_helpers_lora():
-    nb = nbformat.read(NOTEBOOK_05, as_version=4)
+    nb = nbformat.read(NOTEBOOK_06, as_version=4)
     cells = [c.source for c in nb.cells if c.cell_type == "code" and not c.source.lstrip().startswith(("%", "!"))]
     in_notebook = {}
     for source in cells:
         in_notebook.update(_definitions(source))
     for helper in (lora.LoRALayer, lora.add_lora):
-        assert helper.__name__ in in_notebook, f"05_lora.ipynb no longer defines {helper.__name__}"
+        assert helper.__name__ in in_notebook, f"06_lora.ipynb no longer defines {helper.__name__}"
         assert in_notebook[helper.__name__] == _definitions(inspect.getsource(helper))[helper.__name__], (
-            f"05_lora.ipynb's {helper.__name__} differs from helpers.lora's; keep them the same"
+            f"06_lora.ipynb's {helper.__name__} differs from helpers.lora's; keep them the same"
         )
 
 
-# --- 05's exercises -----------------------------------------------------------------------------
+# --- 06's exercises -----------------------------------------------------------------------------
 
 
 def _forward_reference(unscaled: bool = False) -> torch.Tensor:
@@ -288,7 +288,7 @@ def test_exercise_checks_accept_independent_answers_and_refuse_wrong_ones(tmp_pa
 
 
 def test_notebook_solutions_pass_their_checks(capsys):
-    nb = nbformat.read(NOTEBOOK_05, as_version=4)
+    nb = nbformat.read(NOTEBOOK_06, as_version=4)
     solutions = [c.source for c in nb.cells if "solution" in c.metadata.get("tags", [])]
     assert len(solutions) == 3
     for source in solutions:

@@ -93,8 +93,8 @@ def test_stub_sets_whatever_name_the_check_reads():
 )
 def test_a_solution_without_a_final_check_is_refused_with_the_reason(source, message):
     with pytest.raises(StubError, match=message) as error:
-        stub_source(source, where="07_x.ipynb, cell 3")
-    assert "07_x.ipynb, cell 3" in str(error.value)
+        stub_source(source, where="10_x.ipynb, cell 3")
+    assert "10_x.ipynb, cell 3" in str(error.value)
 
 
 def _nb(*cells):

@@ -1,4 +1,4 @@
-"""Notebook 06's playground and exercise checks: decoding settings, generation, the widget without a frontend.
+"""Notebook 07's playground and exercise checks: decoding settings, generation, the widget without a frontend.
 
 References come from outside the code under test: a greedy loop written here with the model's own
 forward pass, transformers' ``generate``, and the windows counted by walking the text.

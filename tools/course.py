@@ -6,9 +6,9 @@ current ``COURSE_MODE``. It saves the executed copies and their HTML exports und
 key figures each notebook recorded with :func:`helpers.course.record_figures`. On a failure it
 stops and names the notebook and the cell.
 
-``--in-place 03 05`` also writes each named notebook, once it ran without an error, back into
+``--in-place 03 06`` also writes each named notebook, once it ran without an error, back into
 ``notebooks/`` with its new outputs, progress bars off: that is how committed outputs are made
-(``make outputs NB="03 05"``, in ``cpu`` mode). ``--minutes`` merges the minutes measured by
+(``make outputs NB="03 06"``, in ``cpu`` mode). ``--minutes`` merges the minutes measured by
 earlier runs into the notebooks' metadata and ``--map`` regenerates the README's course map
 (``make map``).
 """
@@ -43,7 +43,7 @@ NEVER_MEASURED = ("gpu",)
 
 
 def notebook_paths(notebooks_dir: Path | None = None) -> list[Path]:
-    """The course notebooks in order (``00_…`` to ``08_…``)."""
+    """The course notebooks in order (``00_…`` to ``11_…``)."""
     folder = notebooks_dir or get_settings().repo_root / "notebooks"
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
@@ -286,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m tools.course", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m tools.course                     # make course\n"
-               "  COURSE_MODE=cpu python -m tools.course --in-place 03 05   # make outputs NB=\"03 05\"\n"
+               "  COURSE_MODE=cpu python -m tools.course --in-place 03 06   # make outputs NB=\"03 06\"\n"
                "  python -m tools.course --minutes --map     # make map",
     )
     parser.add_argument("notebooks", nargs="*", type=notebook_number, metavar="NN",
@@ -302,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.minutes or args.map) and (args.notebooks or args.in_place):
         parser.error("--minutes and --map run no notebooks; give them alone")
     if args.in_place and not args.notebooks:
-        parser.error("--in-place rewrites notebooks/: name the ones to run, e.g. --in-place 03 05")
+        parser.error("--in-place rewrites notebooks/: name the ones to run, e.g. --in-place 03 06")
     return args
 
 

@@ -2,7 +2,7 @@
 
 The result, ``data/models/tiny-gpt2-base/``, is a real ``GPT2LMHeadModel`` with the full
 GPT-2 vocabulary and the real GPT-2 tokenizer, small enough to commit. It never sees
-Shakespeare, so fine-tuning it in 04 shows a genuine domain shift.
+Shakespeare, so fine-tuning it in 05 shows a genuine domain shift.
 
 One idea beyond a plain loop, explained in the model card: **tokens that never occur in
 the training text.** Of GPT-2's 50,257 tokens only ~14.7k occur in the five novels. Plain
@@ -118,7 +118,7 @@ The course's own small GPT-2, pretrained from scratch on five of Jane Austen's n
 that the course runs offline. It is a real `GPT2LMHeadModel` with the full GPT-2
 vocabulary ({metrics['seen_token_types']:,} of whose tokens occur in its training text) and the real GPT-2
 tokenizer (saved beside it). It has never seen Shakespeare, so fine-tuning it on
-Shakespeare in notebook 04 shows a genuine domain shift.
+Shakespeare in notebook 05 shows a genuine domain shift.
 
 | | |
 |---|---|
@@ -146,7 +146,7 @@ Measured after reloading the saved fp16 weights in fp32, with the course's own
 
 The shuffled text scores far worse than the real one: the model learned English word
 order, not just word frequencies. Hamlet scores worse than Persuasion: that gap is what
-fine-tuning in notebook 04 closes.
+fine-tuning in notebook 05 closes.
 
 ## Tokens that never occur in the training text
 

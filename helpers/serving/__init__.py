@@ -1,9 +1,9 @@
 """An OpenAI-compatible service for a released model: continuous batching, limits, auth and metrics.
 
-Introduced in ``07_deployment.ipynb``. Run it with::
+Introduced in ``10_deployment.ipynb``. Run it with::
 
     python -m helpers.serving --model artifacts/models/release [--port 8000] [--api-key KEY] [--max-batch-size 16]
-    python -m helpers.serving --model BASE_RELEASE --adapter ADAPTER_DIR   # a LoRA adapter merged at load (08)
+    python -m helpers.serving --model BASE_RELEASE --adapter ADAPTER_DIR   # a LoRA adapter merged at load (11)
 
 (the key can also come from ``COURSE_API_KEY``), then talk to it with the official client::
 

@@ -1,6 +1,6 @@
 """The HTTP side: FastAPI routes in OpenAI's shape in front of the batching engine.
 
-Introduced in ``07_deployment.ipynb``. Every client mistake is a 4xx in OpenAI's error shape;
+Introduced in ``10_deployment.ipynb``. Every client mistake is a 4xx in OpenAI's error shape;
 anything unexpected is a JSON 500 and the service keeps serving; a client that leaves stops
 its generation within one decoding step.
 """
@@ -48,7 +48,7 @@ ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
 class ServingLimits:
     """What one request may ask of the service, and how much waiting it tolerates.
 
-    Introduced in ``07_deployment.ipynb``. The prompt may use at most the model's context
+    Introduced in ``10_deployment.ipynb``. The prompt may use at most the model's context
     (``config.n_positions``) minus the request's ``max_tokens``.
     """
 
@@ -100,12 +100,12 @@ def load_for_serving(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
                      device: str | torch.device | None = None, int8: bool = False,
                      chat_template: str | None = None, model_id: str | None = None,
                      adapter_dir: str | os.PathLike | None = None) -> LoadedModel:
-    """Load a release folder for serving, with clear errors. Introduced in ``07_deployment.ipynb``.
+    """Load a release folder for serving, with clear errors. Introduced in ``10_deployment.ipynb``.
 
     The one place a model is loaded: ``int8`` serves :func:`helpers.deployment.quantize_int8`'s
     CPU copy; ``chat_template`` (a Jinja file, or the template itself) replaces the release's own,
     as vLLM's ``--chat-template`` does; ``model_id`` defaults to the folder's name. ``adapter_dir``
-    (08): a LoRA adapter merged into the model at load (:func:`helpers.lora.merge_adapter`), so it
+    (11): a LoRA adapter merged into the model at load (:func:`helpers.lora.merge_adapter`), so it
     is served at the base's speed; the adapter's folder then names the model and gives the tokenizer.
     """
     model_dir = Path(model_dir)
@@ -418,13 +418,13 @@ def create_app(
     chat_template: str | None = None,
     adapter_dir: str | os.PathLike | None = None,
 ) -> FastAPI:
-    """Build the FastAPI app serving the model in ``model_dir``. Introduced in ``07_deployment.ipynb``.
+    """Build the FastAPI app serving the model in ``model_dir``. Introduced in ``10_deployment.ipynb``.
 
     ``api_key``: when set, every endpoint but ``/health`` needs ``Authorization: Bearer KEY``.
     ``model_id`` (default: the folder's name) is the name clients pass as ``model``. The
     interactive docs (``/docs``, ``/redoc``, ``/openapi.json``) are off: they would describe the
     API to anyone, key or not. ``adapter_dir``: a LoRA adapter merged into the model at load
-    (08); ``/v1/models`` then lists the adapter, with its base as ``parent`` (as vLLM lists LoRA modules).
+    (11); ``/v1/models`` then lists the adapter, with its base as ``parent`` (as vLLM lists LoRA modules).
     """
     loaded = load_for_serving(model_dir, tokenizer_dir, device, int8, chat_template, model_id, adapter_dir)
     service = _Service(loaded, limits, api_key)

@@ -1,6 +1,6 @@
 """``python -m helpers.serving``: the service under uvicorn, and a way to start it in the background.
 
-Introduced in ``07_deployment.ipynb``. Every command-line mistake is one line that names it.
+Introduced in ``10_deployment.ipynb``. Every command-line mistake is one line that names it.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
 
 def make_server(app, limits: ServingLimits, host: str = "127.0.0.1", port: int = 8000,
                 log_level: str = "info") -> uvicorn.Server:
-    """A uvicorn server for ``app`` with the limits' header timeout. Introduced in ``07_deployment.ipynb``.
+    """A uvicorn server for ``app`` with the limits' header timeout. Introduced in ``10_deployment.ipynb``.
 
     Run it with ``server.run()`` (or ``server.run(sockets=[sock])`` on a socket bound already).
     On SIGTERM it finishes open requests (up to the generation timeout) before it stops.
@@ -218,7 +218,7 @@ def _exit_with(code: int):
 class BackgroundServer:
     """A ``python -m helpers.serving`` process started by :func:`start_background`.
 
-    Introduced in ``07_deployment.ipynb``; the live tests and ``bench/bench_serving.py`` use it too.
+    Introduced in ``10_deployment.ipynb``; the live tests and ``bench/bench_serving.py`` use it too.
     """
 
     process: subprocess.Popen
@@ -259,7 +259,7 @@ def start_background(
 ) -> BackgroundServer:
     """Start the service on 127.0.0.1 in a separate process and wait until ``/health`` answers.
 
-    Introduced in ``07_deployment.ipynb``. The key travels in the ``COURSE_API_KEY`` environment
+    Introduced in ``10_deployment.ipynb``. The key travels in the ``COURSE_API_KEY`` environment
     variable, not on the command line (where ``ps`` would show it). The process is stopped at
     interpreter exit at the latest, so a notebook never leaves a server behind. A server that
     dies or does not answer in ``startup_timeout`` seconds is a ``RuntimeError`` carrying its log.

@@ -1,6 +1,6 @@
 """Continuous batching: concurrent requests share every forward pass of one model.
 
-Introduced in ``07_deployment.ipynb``; the KV cache it builds on is notebook 03's. One worker
+Introduced in ``10_deployment.ipynb``; the KV cache it builds on is notebook 03's. One worker
 thread owns the model and loops:
 
 1. drop the rows whose client left, whose deadline passed, or that finished;
@@ -46,7 +46,7 @@ GREEDY_BELOW = 1e-5
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one request wants its tokens chosen, and when to stop. Introduced in ``07_deployment.ipynb``."""
+    """How one request wants its tokens chosen, and when to stop. Introduced in ``10_deployment.ipynb``."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -226,7 +226,7 @@ class _Batch:
 def lay_out_output_projection(model: torch.nn.Module) -> bool:
     """Store the output projection's (vocab, hidden) weight transposed in memory, on a CPU; True if it did.
 
-    Introduced in ``07_deployment.ipynb``. A decode step's logits are ``hidden @ weight.T`` for a
+    Introduced in ``10_deployment.ipynb``. A decode step's logits are ``hidden @ weight.T`` for a
     few rows at a time. For GPT-2's vocabulary, the CPU's matrix product is faster with the weight
     laid out (hidden, vocab) than with the (vocab, hidden) layout transformers keeps (``python -m
     bench serving`` times both, side by side: about 1.4x on the course's 2-core machine). Only the strides change: the values,
@@ -251,7 +251,7 @@ def _greedy(logits: torch.Tensor) -> list[int]:
 class Engine:
     """The model, its tokenizer, the waiting queue and the running batch, driven by one thread.
 
-    Introduced in ``07_deployment.ipynb``. ``submit`` a :class:`Request` from any thread; its
+    Introduced in ``10_deployment.ipynb``. ``submit`` a :class:`Request` from any thread; its
     ``deliver`` callback hears back from the engine's thread. ``max_batch_size=1`` serves one
     request at a time (no batching), for comparison. ``after_pass``, when given, is called from the
     engine's thread after each forward pass (and each round of its loop) has made its deliveries, so

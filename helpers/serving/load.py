@@ -1,6 +1,6 @@
 """A small load generator: N clients stream completions at once; what each one saw, timed.
 
-Introduced in ``07_deployment.ipynb``; ``bench/bench_serving.py`` uses it too. Each client
+Introduced in ``10_deployment.ipynb``; ``bench/bench_serving.py`` uses it too. Each client
 sends its requests one after another (a closed loop, like a user waiting for each answer),
 with ``stream: true`` so that the time to the first token is seen as well as the whole answer.
 All clients share one asyncio event loop in one thread (as vLLM's benchmark client does): on a
@@ -91,7 +91,7 @@ def run_load(url: str, body: dict, clients: int, requests_per_client: int = 2, h
              timeout_s: float = 300) -> LoadResult:
     """``clients`` concurrent clients, each streaming ``requests_per_client`` completions of ``body`` in turn.
 
-    Introduced in ``07_deployment.ipynb``. A request that fails (any status but 200, an error
+    Introduced in ``10_deployment.ipynb``. A request that fails (any status but 200, an error
     event, a broken connection) is counted in ``errors`` with what went wrong.
     """
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}

@@ -1,6 +1,6 @@
 """What the service counts, in Prometheus' format through ``prometheus_client``.
 
-Introduced in ``07_deployment.ipynb``. Each app gets its own registry, so several apps (tests,
+Introduced in ``10_deployment.ipynb``. Each app gets its own registry, so several apps (tests,
 a notebook) can live in one process without their numbers mixing.
 """
 
@@ -31,7 +31,7 @@ class ServingMetrics:
 
 
 def new_metrics(model_id: str) -> ServingMetrics:
-    """A fresh registry with the service's metrics. Introduced in ``07_deployment.ipynb``."""
+    """A fresh registry with the service's metrics. Introduced in ``10_deployment.ipynb``."""
     registry = CollectorRegistry()
     Info("course_model", "The model this process serves.", registry=registry).info({"model": model_id})
     return ServingMetrics(

@@ -1,6 +1,6 @@
 """What goes over the wire: OpenAI's request and response shapes, and errors that name the problem.
 
-Introduced in ``07_deployment.ipynb``. The requests are the subset of OpenAI's
+Introduced in ``10_deployment.ipynb``. The requests are the subset of OpenAI's
 ``/v1/completions`` and ``/v1/chat/completions`` this service understands; anything else is
 a 400 that says which field is wrong and why, never a 500.
 """
