@@ -277,7 +277,7 @@ def test_record_figures_stores_plain_numbers(tmp_path, monkeypatch):
     """NumPy scalars (a percentile, a mean) are recorded and shown as plain Python numbers."""
     import numpy as np
 
-    from helpers.course import record_figures
+    from helpers.report import record_figures
 
     monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
     get_settings.cache_clear()

@@ -3,7 +3,7 @@
 ``python -m tools.course`` executes every notebook in order, each in a fresh kernel, in the
 current ``COURSE_MODE``. It saves the executed copies and their HTML exports under
 ``artifacts/executed/<mode>/`` and prints a summary table: notebook, status, seconds, and the
-key figures each notebook recorded with :func:`helpers.course.record_figures`. On a failure it
+key figures each notebook recorded with :func:`helpers.report.record_figures`. On a failure it
 stops and names the notebook and the cell.
 
 ``--in-place 03 06`` also writes each named notebook, once it ran without an error, back into
@@ -28,7 +28,7 @@ from pathlib import Path
 import nbformat
 
 from helpers.atomic import write_text_atomic
-from helpers.course import FIGURES_DIR
+from helpers.report import FIGURES_DIR
 from helpers.settings import VALID_MODES, get_settings
 
 # The kernels draw figures into the notebook, as Jupyter does, even when the caller set
