@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -182,14 +184,24 @@ def test_empty_data_is_a_clear_error(random_gpt2):
 def test_two_processes_match_one_with_doubled_accumulation(tmp_path):
     """torchrun with gloo on CPU: 2 processes x accumulation 1 == 1 process x accumulation 2."""
     worker = REPO / "tests" / "ddp_worker.py"
-    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), "2"], check=True, cwd=REPO)
-    subprocess.run([*env_cmd, str(worker), str(tmp_path / "two.pt"), "1"], check=True, cwd=REPO)
+    # Loopback only, a free port, no restarts: a sandbox whose hostname resolves to an unreachable address
+    # (or a port another run holds) must fail within the timeout, never hang.
+    env_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "0",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt"), "2"], check=True, cwd=REPO, timeout=300)
+    subprocess.run([*env_cmd, str(worker), str(tmp_path / "two.pt"), "1"], check=True, cwd=REPO, env=env, timeout=300)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-5), name
     initial = tiny_reference_differs(one)
     assert initial, "training must have changed the parameters"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tiny_reference_differs(trained: dict) -> bool:
