@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from helpers.serving.cli import free_port
 from helpers.training import (
     TrainConfig,
     capture_rng_state,
@@ -196,12 +196,6 @@ def test_two_processes_match_one_with_doubled_accumulation(tmp_path):
         assert torch.allclose(one[name], two[name], atol=1e-5), name
     initial = tiny_reference_differs(one)
     assert initial, "training must have changed the parameters"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tiny_reference_differs(trained: dict) -> bool:
