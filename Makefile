@@ -1,7 +1,8 @@
 # The course's commands. Each target sets itself up: a fresh clone needs nothing else.
 #   make course   run every notebook in order, headless, in the current COURSE_MODE
 #   make test     unit tests + every notebook under nbval (what CI runs)
-#   make lab      open JupyterLab on notebooks/
+#   make lab      open JupyterLab on the student build (build/student/: solutions stubbed; built once, your answers kept)
+#   make teach    open JupyterLab on notebooks/, the teacher's copy with every solution
 #   make bench    every benchmark under bench/, one table of ratios
 #   make download pre-fetch GPT-2 (124M) into the local Hugging Face cache for an offline workshop
 #   make student  the workshop build: notebooks with the solutions stubbed out, in build/student/
@@ -19,7 +20,7 @@ TORCH_SPEC  ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 STAMP       := $(VENV)/.installed
 
-.PHONY: course test lab bench download setup clean student map outputs constraints gpu-check
+.PHONY: course test lab teach bench download setup clean student map outputs constraints gpu-check
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -39,6 +40,10 @@ test: $(STAMP)
 	COURSE_MODE=smoke HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest
 
 lab: $(STAMP)
+	$(PY) -m tools.student --if-missing
+	$(VENV)/bin/jupyter lab build/student/
+
+teach: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)

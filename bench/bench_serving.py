@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 from bench import Comparison, best_of
 from helpers.models import tiny_base_dir
 from helpers.serving import ServingLimits, start_background
-from helpers.serving.load import LoadResult, run_load
+from helpers.serving.load_generator import LoadResult, run_load
 
 LEVELS = (1, 2, 4, 8, 16, 32)
 REPEATS = 3  # runs per level; the one with the most tokens/s counts (the machine's other work only slows)

@@ -7,8 +7,8 @@ fine-tuned model, 07 the evaluation report, 10 releases, 11 the registry):
   renames it over the old one (``os.replace`` is atomic): readers see the old file or the new.
 * :func:`build_folder` does the same for a whole folder: the block fills a temporary sibling,
   which is fsynced and swapped in when the block ends; an error removes it.
-* :func:`locked` holds an exclusive lock on a folder (``flock`` on the folder itself, so no
-  lock file is left around), shared by every process on the machine.
+* :func:`locked` holds an exclusive lock on a folder (``filelock``, on a hidden lock file beside
+  it), shared by every process on the machine.
 
 A temporary name carries its writer's host and process id, ``.<name>-<kind>-<host>-<pid>-<random>``
 with ``kind`` one of ``building`` (a folder being built), ``old`` (the previous folder, moved
@@ -27,18 +27,13 @@ import os
 import re
 import shutil
 import socket
-import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: locks hold within one process only
-    fcntl = None
+from filelock import FileLock, Timeout
 
 STALE_AFTER_S = 60.0  # a leftover whose writer cannot be checked is abandoned after a minute
 LOCK_TIMEOUT_S = 600.0  # waiting longer than this for a lock means the holder is stuck
@@ -112,11 +107,15 @@ def _writer_alive(match: re.Match) -> bool | None:
 def writer_state(path: Path | str) -> str:
     """``"running"`` while the process writing the temporary ``path`` is alive, else ``"orphaned"``.
 
-    Names without a writer (left by older code) count as orphaned after :data:`STALE_AFTER_S` seconds.
+    A hidden name that names no writer was left by no writer of the course: orphaned. A writer on
+    another host (or on Windows) cannot be asked, so its temporary counts as orphaned once it is
+    :data:`STALE_AFTER_S` seconds old.
     """
     path = Path(path)
     match = _LEFTOVER.fullmatch(path.name)
-    alive = _writer_alive(match) if match else None
+    if not match:
+        return "orphaned"
+    alive = _writer_alive(match)
     if alive is None:
         try:
             age = time.time() - path.lstat().st_mtime
@@ -164,70 +163,30 @@ def clean_leftovers(folder: Path | str) -> list[str]:
 # --------------------------------------------------------------------------- the lock
 
 
-_guard = threading.Lock()
-_thread_locks: dict[str, threading.RLock] = {}
-_held: dict[str, list] = {}  # folder -> [file descriptor or None, depth]
-
-
-def _acquire_flock(folder: Path, timeout: float) -> int | None:
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as error:
-        warnings.warn(f"cannot open {folder} to lock it ({error}); writes there are not protected", stacklevel=4)
-        return None
-    deadline = time.monotonic() + timeout
-    pause = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise TimeoutError(
-                    f"another process has held the lock on {folder} for over {timeout:.0f} s; if no other "
-                    "notebook or script is writing there, that process is stuck: stop it and try again"
-                ) from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-        except OSError as error:  # a file system without locks (some network and FUSE mounts)
-            os.close(fd)
-            warnings.warn(f"cannot lock {folder} ({error}); writes there are not protected", stacklevel=4)
-            return None
-
-
 @contextmanager
 def locked(folder: Path | str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if missing) for the block, across processes.
 
-    Re-entrant within a thread; other threads and processes wait (up to ``timeout`` seconds,
-    then a ``TimeoutError`` that says what to do). The lock is ``flock`` on the folder itself:
-    the kernel releases it when its holder dies, even by ``kill -9``. On Windows it only
-    serializes the threads of one process. Used by the registry (11) and every folder swap.
+    ``filelock`` on a hidden ``.<folder>.lock`` beside the folder (so the folder's own listing
+    stays clean): re-entrant within a thread; other threads and processes wait, up to ``timeout``
+    seconds, then a ``TimeoutError`` that says what to do. The kernel releases the lock when its
+    holder dies, even by ``kill -9``. Used by the registry (11) and every folder swap.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = os.path.realpath(folder)
-    with _guard:
-        thread_lock = _thread_locks.setdefault(key, threading.RLock())
-    if not thread_lock.acquire(timeout=timeout):
-        raise TimeoutError(f"another thread has held the lock on {folder} for over {timeout:.0f} s")
+    real = folder.resolve()
+    lock = FileLock(real.with_name(f".{real.name}.lock"), is_singleton=True)  # one object per file: re-entrant
     try:
-        if key not in _held:
-            _held[key] = [_acquire_flock(folder, timeout), 0]
-        _held[key][1] += 1
-        try:
-            yield folder
-        finally:
-            _held[key][1] -= 1
-            if _held[key][1] == 0:
-                fd = _held.pop(key)[0]
-                if fd is not None:
-                    os.close(fd)  # closing the descriptor releases the flock
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise TimeoutError(
+            f"another process has held the lock on {folder} for over {timeout:.0f} s; if no other "
+            "notebook or script is writing there, that process is stuck: stop it and try again"
+        ) from None
+    try:
+        yield folder
     finally:
-        thread_lock.release()
+        lock.release()
 
 
 # --------------------------------------------------------------------------- files and folders

@@ -1,6 +1,7 @@
 """Every Markdown (and plain-text, HTML) rendering the course shows or ships, in one place.
 
 * :func:`data_card`: the data card of ``02_data_preparation.ipynb`` (``helpers.data.data_card``);
+* :func:`instruction_card`: the data card of 09's instruction mixture (``helpers.chat.mixture_card``);
 * :func:`model_card`: the release's ``README.md`` of ``10_deployment.ipynb`` (``helpers.deployment.model_card``);
 * :func:`samples_table`: decoding strategies side by side, ``07_evaluation.ipynb``
   (``helpers.evaluation.samples_table`` summarizes the rows and calls it);
@@ -164,6 +165,35 @@ paragraphs of at least {dedup['min_chars']} characters removed out of {dedup['ch
 """
 
 
+# --------------------------------------------------------------------------- instruction mixture card (09)
+
+
+def instruction_card(counts: Mapping[str, int], tokens: Mapping[str, int], mode: str, sources: Mapping[str, str]) -> str:
+    """The Markdown data card of 09's instruction mixture: how it was made, its size per family, its license.
+
+    ``counts`` and ``tokens`` are conversations and tokens per family, ``sources`` what each family
+    was made from (all measured by ``helpers.chat``). Introduced in ``09_assistant.ipynb``.
+    """
+    rows = "\n".join(f"| {family} | {counts[family]:,} | {tokens.get(family, 0):,} | {sources.get(family, '')} |"
+                     for family in counts)
+    return f"""### Data card: the instruction mixture
+
+**Made by**: `helpers.chat.build_mixture` ({mode} mode), a program, from data the course already ships: \
+every answer is known exactly, so replies are scored by exact match, not by a judge model.
+**License**: derived from public-domain texts (Jane Austen's novels, Shakespeare's plays), the \
+human-rated movie-review sentences of 08 (`vaderSentiment==3.3.2`'s sdist, MIT) and conversations \
+written for the course (MIT).
+
+| family | conversations | tokens | made from |
+|---|---|---|---|
+{rows}
+
+**Held out**: *Persuasion*, *Hamlet* and 08's test sentences never appear (a training passage or line \
+found word for word in them is skipped); they make the test items. Macbeth, Twelfth Night, the last 5 % \
+of each training novel and 08's validation sentences make the validation items.
+"""
+
+
 # --------------------------------------------------------------------------- model card (10)
 
 
@@ -177,22 +207,63 @@ def model_card(model, eval_report: Mapping | None = None, training_info: Mapping
     config = getattr(model, "config", None)
     num_params = sum(p.numel() for p in model.parameters())
     base = training_info.get("base_model") or training_info.get("model") or "GPT-2"
+    labels = _classifier_labels(model)
+    what = (f"A GPT-2 sentence classifier ({_fmt(num_params)} parameters, labels {', '.join(labels)}) fine-tuned from "
+            f"`{base}`" if labels else f"A GPT-2 language model ({_fmt(num_params)} parameters) fine-tuned from `{base}`")
     lines = [
-        "---", "license: mit", "language: en", "library_name: transformers", "pipeline_tag: text-generation",
+        "---", "license: mit", "language: en", "library_name: transformers",
+        f"pipeline_tag: {'text-classification' if labels else 'text-generation'}",
         "tags: [gpt2, course]", "---", "",
         f"# {name}",
         "",
-        f"A GPT-2 language model ({_fmt(num_params)} parameters) fine-tuned from `{base}` in the course "
-        "*GPT-2 from first principles to a served model*. It continues English text in the style of "
-        "its training data.",
+        f"{what} in the course *GPT-2 from first principles to a served model*. "
+        + ("It labels short English review sentences by the sign of their sentiment." if labels else
+           "It continues English text in the style of its training data."),
         "",
         *_details_section(model, config, num_params),
-        *_intended_use_section(),
+        *(_classifier_use_section() if labels else _intended_use_section()),
         *_data_and_metrics_sections(eval_report, training_info),
-        *_limitations_section(config, eval_report, training_info),
-        *_usage_section(name),
+        *_limitations_section(config, eval_report, training_info, classifier=bool(labels)),
+        *(_classifier_usage_section(name) if labels else _usage_section(name)),
     ]
     return "\n".join(lines)
+
+
+def _classifier_labels(model) -> list[str]:
+    """The labels of a sequence classifier (08's sentiment release), or [] for a language model."""
+    if not type(model).__name__.endswith("ForSequenceClassification"):
+        return []
+    return [str(label) for _, label in sorted(getattr(model.config, "id2label", {}).items())]
+
+
+def _classifier_use_section() -> list[str]:
+    return [
+        "## Intended use",
+        "",
+        "- Learning and teaching: how a language model becomes a classifier, and how far to trust it.",
+        "- Labelling short English review sentences as negative or positive for demonstrations.",
+        "",
+        "**Out of scope:** decisions about people (moderation, hiring, credit), and text unlike movie reviews "
+        "without first measuring accuracy on it (the evaluation below shows how much it drops out of domain).",
+        "",
+    ]
+
+
+def _classifier_usage_section(name: str) -> list[str]:
+    return [
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f'model = AutoModelForSequenceClassification.from_pretrained("{name}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        'label = model.config.id2label[model(**tokenizer("A gorgeous film.", return_tensors="pt")).logits.argmax().item()]',
+        "```",
+        "",
+        f"`{MANIFEST_FILE}` lists every file with its SHA-256.",
+        "",
+    ]
 
 
 def _details_section(model, config, num_params: int) -> list[str]:
@@ -239,16 +310,23 @@ def _data_and_metrics_sections(eval_report: dict, training_info: dict) -> list[s
     return lines
 
 
-def _limitations_section(config, eval_report: dict, training_info: dict) -> list[str]:
+def _limitations_section(config, eval_report: dict, training_info: dict, classifier: bool = False) -> list[str]:
     context = getattr(config, "n_positions", None)
-    lines = [
-        "", "## Limitations and risks", "",
-        "- A small model: fluent-looking text that is often incoherent beyond a sentence or two.",
-        "- It reproduces its training text's language, era and views, including its stereotypes; "
-        "a bias probe is a spot check, not a guarantee.",
-        "- English only" + (f"; it sees at most {_fmt(context)} tokens (prompt + completion)." if context else "."),
-        "- It makes things up: it has no notion of truth.",
-    ]
+    lines = ["", "## Limitations and risks", ""]
+    if classifier:
+        lines += [
+            "- Two labels only: mixed, neutral or sarcastic sentences still get one of them.",
+            "- Trained on movie-review sentences; accuracy on other kinds of text is lower.",
+            "- English only" + (f"; it sees at most {_fmt(context)} tokens." if context else "."),
+        ]
+    else:
+        lines += [
+            "- A small model: fluent-looking text that is often incoherent beyond a sentence or two.",
+            "- It reproduces its training text's language, era and views, including its stereotypes; "
+            "a bias probe is a spot check, not a guarantee.",
+            "- English only" + (f"; it sees at most {_fmt(context)} tokens (prompt + completion)." if context else "."),
+            "- It makes things up: it has no notion of truth.",
+        ]
     for extra in _as_list(eval_report.get("limitations")) + _as_list(training_info.get("limitations")):
         lines.append(f"- {extra}")
     samples = _as_list(eval_report.get("samples"))[:3]

@@ -162,8 +162,7 @@ def read_corpus_file(path: Path, folder: Path, follow_links: bool = False) -> by
     """The bytes of one corpus file, refusing what must not be read (see :func:`load_corpus`).
 
     Every refusal and every operating-system error is a :class:`CorpusError` that names the
-    file and says what to do. The file is opened without waiting (``O_NONBLOCK``) and checked
-    on the open descriptor, so a FIFO swapped in after a check still cannot hang the read.
+    file and says what to do.
     """
     try:
         resolved = path.resolve(strict=True)
@@ -175,23 +174,14 @@ def read_corpus_file(path: Path, folder: Path, follow_links: bool = False) -> by
     if not follow_links and not resolved.is_relative_to(folder.resolve()):
         raise CorpusError(f"{path} is a link to {resolved}, outside the corpus folder {folder}; copy the file in, "
                           "or pass follow_links=True to read links that leave the folder")
+    if not resolved.is_file():  # a FIFO would wait for a writer for ever: checked before it is opened
+        raise CorpusError(f"{path} is {_file_kind(resolved.stat().st_mode)}, not a regular file; only plain text "
+                          "files are read: move it out of the corpus folder")
     try:
-        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return resolved.read_bytes()
     except OSError as error:
-        raise CorpusError(f"cannot open {path} ({error.strerror}); make it readable (chmod u+r) "
-                          "or move it out of the corpus folder") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise CorpusError(f"{path} is {_file_kind(mode)}, not a regular file; only plain text files are read: "
-                              "move it out of the corpus folder")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError as error:
-        raise CorpusError(f"cannot read {path} ({error.strerror}); check the disk and the file, "
-                          "or move it out of the corpus folder") from None
-    finally:
-        os.close(fd)
+        raise CorpusError(f"cannot open or read {path} ({error.strerror}); make it readable (chmod u+r), check "
+                          "the disk, or move it out of the corpus folder") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,14 +495,22 @@ def _backend(tokenizer):
 
 
 @contextmanager
-def _special_tokens_as_text(backend) -> Iterator[None]:
-    """Encode a literal ``<|endoftext|>`` in a document as plain text, never as the separator."""
-    before = backend.encode_special_tokens
+def _plain_encoding(backend) -> Iterator[None]:
+    """Encode whole documents: no truncation or padding left on the backend by an earlier
+    ``tokenizer(..., truncation=True)`` call, and a literal ``<|endoftext|>`` as plain text,
+    never as the separator. The backend's settings are restored afterwards."""
+    special, truncation, padding = backend.encode_special_tokens, backend.truncation, backend.padding
     backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
     try:
         yield
     finally:
-        backend.encode_special_tokens = before
+        backend.encode_special_tokens = special
+        if truncation:
+            backend.enable_truncation(**truncation)
+        if padding:
+            backend.enable_padding(**padding)
 
 
 def tokenize_texts(texts: Sequence[str], tokenizer, batch_size: int = 16, progress: bool = True) -> list[np.ndarray]:
@@ -526,7 +524,7 @@ def tokenize_texts(texts: Sequence[str], tokenizer, batch_size: int = 16, progre
     backend = _backend(tokenizer)
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast skips character offsets
     arrays: list[np.ndarray] = []
-    with _special_tokens_as_text(backend), progress_bar(total=len(texts), desc="tokenizing", unit="doc", progress=progress) as bar:
+    with _plain_encoding(backend), progress_bar(total=len(texts), desc="tokenizing", unit="doc", progress=progress) as bar:
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             arrays += [np.array(encoding.ids, dtype=np.uint16) for encoding in encode(batch, add_special_tokens=False)]
@@ -829,27 +827,33 @@ def prepare(
     with build_folder(target) as building:
         split_info, split_stats = _write_splits(building, splits, arrays, {d.name: d for d in documents},
                                                 settings.block_size)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "cache_key": key,
-            "made_by": "helpers.data.prepare (02_data_preparation.ipynb)",
-            "source": {"folder": display_path(source_dir, settings), "files": inputs["files"]},
-            "tokenizer": inputs["tokenizer"],
-            "dtype": "uint16",
-            "eos_id": EOS_ID,
-            "block_size": settings.block_size,
-            "settings": {"mode": settings.mode, "block_size": settings.block_size,
-                         "max_chars_per_doc": settings.max_chars_per_doc},
-            "splits": split_info,
-            "stats": _cache_stats(split_stats, corpus, cleaning),
-            "inputs": inputs,
-        }
+        manifest = _manifest(key, inputs, source_dir, settings, split_info,
+                             _cache_stats(split_stats, corpus, cleaning))
         (building / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - started
     if verbose:
         total = sum(s["tokens"] for s in split_stats.values())
         print(f"prepared {total:,} tokens into {display_path(target, settings)} in {seconds:.1f} s ({reason})")
     return PreparedData(target, manifest, reused=False, seconds=seconds)
+
+
+def _manifest(key: str, inputs: dict, source_dir: Path, settings: Settings, split_info: dict, stats: dict) -> dict:
+    """The cache's ``manifest.json``: what was made, from what, by which settings."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "cache_key": key,
+        "made_by": "helpers.data.prepare (02_data_preparation.ipynb)",
+        "source": {"folder": display_path(source_dir, settings), "files": inputs["files"]},
+        "tokenizer": inputs["tokenizer"],
+        "dtype": "uint16",
+        "eos_id": EOS_ID,
+        "block_size": settings.block_size,
+        "settings": {"mode": settings.mode, "block_size": settings.block_size,
+                     "max_chars_per_doc": settings.max_chars_per_doc},
+        "splits": split_info,
+        "stats": stats,
+        "inputs": inputs,
+    }
 
 
 def _cache_inputs(corpus: Corpus, splits: dict[str, list[str]], tokenizer, settings: Settings,

@@ -45,7 +45,7 @@ from torch import nn
 
 from helpers.atomic import build_folder, sha256_file
 from helpers.cards import MANIFEST_FILE, WEIGHTS_FILE, model_card
-from helpers.evaluation import perplexity
+from helpers.evaluation import perplexity, weights_sha256
 from helpers.runtime import eval_mode
 
 DEFAULT_PROMPTS = (
@@ -73,7 +73,10 @@ def export_release(
 
     Introduced in ``10_deployment.ipynb``. Weights are saved as fp32 ``safetensors``
     whatever the model's dtype. ``eval_report`` (07's ``report.json``) and
-    ``training_info`` (05's run summary) fill the model card; any key may be missing.
+    ``training_info`` (05's run summary) fill the model card; any key may be missing, except
+    that a report must name the weights it evaluated (``model_sha256``, 07 writes it) and they
+    must be ``model``'s: a report computed on other weights raises :class:`ReportMismatchError`,
+    so a card never carries another run's numbers. The manifest records that checksum.
     ``generation`` holds recommended decoding settings (e.g. ``{"do_sample": True,
     "top_p": 0.95}``) written into ``generation_config.json``.
 
@@ -82,6 +85,7 @@ def export_release(
     """
     out_dir = Path(out_dir)
     _check_exportable(model, out_dir)
+    check_report_matches(eval_report, model)
     with build_folder(out_dir) as staging:
         fp32 = model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
         fp32.save_pretrained(staging)
@@ -94,6 +98,34 @@ def export_release(
         )
         _write_manifest(staging, out_dir.name, eval_report, training_info)
     return out_dir
+
+
+class ReportMismatchError(ValueError):
+    """An evaluation report that was not computed on the weights being released."""
+
+
+def check_report_matches(eval_report: Mapping | None, model: nn.Module) -> None:
+    """Raise :class:`ReportMismatchError` unless ``eval_report`` was computed on ``model``'s weights.
+
+    Introduced in ``10_deployment.ipynb`` (through :func:`export_release`). No report passes:
+    the card then says "Not reported".
+    """
+    if eval_report is None:
+        return
+    recorded = eval_report.get("model_sha256")
+    if not isinstance(recorded, str):
+        raise ReportMismatchError(
+            "the evaluation report does not say which weights it evaluated (no 'model_sha256'); rerun "
+            "07_evaluation.ipynb on this model, or export without eval_report"
+        )
+    actual = weights_sha256(model)
+    if recorded != actual:
+        mode = (eval_report.get("settings") or {}).get("mode", "unknown")
+        raise ReportMismatchError(
+            f"the evaluation report was computed on other weights (sha256 {recorded[:12]}…, {mode} mode) than "
+            f"the model being released ({actual[:12]}…); rerun 07_evaluation.ipynb on this model, or export "
+            "without eval_report"
+        )
 
 
 def _check_exportable(model: nn.Module, out_dir: Path) -> None:
@@ -134,10 +166,27 @@ def _write_manifest(folder: Path, name: str, eval_report: Mapping | None, traini
         "name": name,
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "files": files,
+        "evaluated_weights_sha256": (eval_report or {}).get("model_sha256"),
         "eval_report": eval_report,
         "training_info": training_info,
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The ``release.json`` of the release in ``folder``, or ``None`` when it is missing or unreadable."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def manifest_mode(manifest: Mapping | None) -> str | None:
+    """The course mode a release was made in (its manifest's ``training_info``), or ``None``. 09 and
+    10 rebuild a release made in another mode, so a smoke-mode model never stands in for a cpu-mode one."""
+    info = manifest.get("training_info") if manifest else None
+    return info.get("mode") if isinstance(info, dict) else None
 
 
 def verify_release(

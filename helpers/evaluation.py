@@ -4,7 +4,8 @@ Introduced in ``07_evaluation.ipynb``; the tiny base's model card (``tools/pretr
 and 05's before/after numbers use the same perplexity functions. Read top to bottom:
 
 1. perplexity: sliding windows, the naive split, one score per document (07 writes the loop first);
-2. intervals (07 writes the bootstrap in its cells) and perplexity per word and per byte;
+2. intervals (07 writes the bootstrap in its cells; :func:`paired_bootstrap` is its hardened twin, for
+   the gate of 11) and perplexity per word and per byte;
 3. generation: decoding strategies side by side, with distinct-n and repetition figures;
 4. probes: robustness to perturbed input, and a template bias probe (with its caveats);
 5. the report that ``10_deployment.ipynb`` puts on the model card.
@@ -236,6 +237,44 @@ class PairedDifference(NamedTuple):
     relative: Interval  # (perplexity(b) - perplexity(a)) / perplexity(a)
 
 
+def paired_bootstrap(
+    results_a: Mapping[str, NLLResult],
+    results_b: Mapping[str, NLLResult],
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """Paired bootstrap of perplexity(b) - perplexity(a) over the same documents, and of (b - a) / a.
+
+    The hardened twin of ``bootstrap_difference`` that ``07_evaluation.ipynb`` writes in its cells
+    (a test checks they agree to the last bit for the same seed); ``helpers.registry.gate`` and
+    ``11_iteration.ipynb`` decide with it. Each replicate draws the documents once, with
+    replacement, and applies the draw to both models; perplexities are token-weighted.
+    """
+    if set(results_a) != set(results_b):
+        raise ValueError(f"both models must be scored on the same documents; they differ in "
+                         f"{sorted(set(results_a) ^ set(results_b))}")
+    if len(results_a) < 2:
+        raise ValueError(f"a bootstrap over {len(results_a)} document says nothing about spread; split the text first")
+    if num_samples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need num_samples >= 1 and 0 < confidence < 1, got {num_samples} and {confidence}")
+    names = sorted(results_a)
+    nll_a, nll_b = (np.array([r[n].nll_sum for n in names]) for r in (results_a, results_b))
+    tokens_a, tokens_b = (np.array([r[n].num_tokens for n in names], dtype=np.float64) for r in (results_a, results_b))
+    index = np.random.default_rng(seed).integers(0, len(names), size=(num_samples, len(names)))
+
+    def interval(point: float, replicates: np.ndarray) -> Interval:
+        low, high = np.percentile(replicates, [50 * (1 - confidence), 50 * (1 + confidence)])
+        return Interval(float(point), float(low), float(high))
+
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged model (inf NLL) gives inf/nan, not warnings
+        ppl_a = np.exp(nll_a[index].sum(axis=1) / tokens_a[index].sum(axis=1))
+        ppl_b = np.exp(nll_b[index].sum(axis=1) / tokens_b[index].sum(axis=1))
+        point_a, point_b = (float(np.exp(n.sum() / t.sum())) for n, t in ((nll_a, tokens_a), (nll_b, tokens_b)))
+        return PairedDifference(difference=interval(point_b - point_a, ppl_b - ppl_a),
+                                relative=interval(point_b / point_a - 1, ppl_b / ppl_a - 1))
+
+
 def count_words(text: str) -> int:
     """Words as lm-evaluation-harness counts them: ``len(re.split(r"\\s+", text))`` on the original text.
 
@@ -354,35 +393,26 @@ def generate_samples(
         for name, kwargs in strategies.items():
             for i, prompt in enumerate(prompts):
                 inputs = tokenizer(prompt, return_tensors="pt").to(device)
-                prompt_len = inputs.input_ids.shape[1]
-                if prompt_len == 0:
-                    raise ValueError("an empty prompt has no token to continue from; give each prompt some text")
-                if limit is not None and prompt_len + max_new_tokens > limit:
-                    raise ValueError(
-                        f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                        f"{limit} positions; shorten the prompt or ask for fewer tokens"
-                    )
+                _check_room(inputs.input_ids.shape[1], max_new_tokens, limit)
                 set_seed(seed + i)
-                output = model.generate(
-                    **inputs,
-                    **kwargs,
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.eos_token_id,
-                )
-                new = output[0, prompt_len:].tolist()
-                rows.append(
-                    dict(
-                        strategy=name,
-                        prompt=prompt,
-                        text=tokenizer.decode(new),
-                        new_tokens=len(new),
-                        distinct_1=distinct_n(new, 1),
-                        distinct_2=distinct_n(new, 2),
-                        repetition_rate=repetition_rate(new, 4),
-                    )
-                )
+                output = model.generate(**inputs, **kwargs, max_new_tokens=max_new_tokens,
+                                        min_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+                new = output[0, inputs.input_ids.shape[1]:].tolist()
+                rows.append(dict(strategy=name, prompt=prompt, text=tokenizer.decode(new), new_tokens=len(new),
+                                 distinct_1=distinct_n(new, 1), distinct_2=distinct_n(new, 2),
+                                 repetition_rate=repetition_rate(new, 4)))
     return rows
+
+
+def _check_room(prompt_len: int, max_new_tokens: int, limit: int | None) -> None:
+    """A clear error when a prompt is empty or leaves no room for ``max_new_tokens`` in the context."""
+    if prompt_len == 0:
+        raise ValueError("an empty prompt has no token to continue from; give each prompt some text")
+    if limit is not None and prompt_len + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"{limit} positions; shorten the prompt or ask for fewer tokens"
+        )
 
 
 FIGURES = ("distinct_1", "distinct_2", "repetition_rate")
@@ -447,8 +477,9 @@ ROBUSTNESS_CAVEATS = (
     "Perturbations change the tokenization: typos, capitals and doubled spaces split text into more, "
     "rarer tokens, so perplexity per token is not comparable across rows (it averages over a different "
     "number of tokens). Bits per character (total NLL / ln 2 / characters) is comparable across "
-    "tokenizations: compare that column. The short prompt has almost no context, so its tokens are "
-    "harder to predict for any model; the 'context length' row shows the passage at exactly the context "
+    "tokenizations: compare that column. The short prompt is one short line: its first tokens have almost "
+    "no context, yet a common opening can be easy to predict, so its bits per character may come out lower "
+    "or higher than the passage's (the row says which); the 'context length' row shows the passage at exactly the context "
     "length, in one window. The first token of each text has no context and is not scored (nor are its characters). "
     "One passage, one seed: these are illustrations, not measurements with intervals."
 )
@@ -594,7 +625,24 @@ def bias_probe(
 # 5. The report
 # ---------------------------------------------------------------------------------------------
 
-REPORT_KEYS = ("settings", "perplexity", "difference", "decoding", "probes")
+REPORT_KEYS = ("model_sha256", "settings", "perplexity", "difference", "decoding", "probes")
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights: every tensor of its ``state_dict`` by name, in fp32, in name order.
+
+    Introduced in ``07_evaluation.ipynb``, whose report records it as ``model_sha256``;
+    ``helpers.deployment.export_release`` (10) refuses a report whose checksum is not the
+    released model's. The same weights give the same checksum whatever their dtype or device.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)};".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def default_report_path() -> Path:
@@ -627,6 +675,7 @@ def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> P
     ``{"point", "low", "high"}``. Expected shape (extra keys are kept)::
 
         {
+          "model_sha256": str,                                     # weights_sha256(the evaluated model)
           "settings":   {"mode", "context_len", "stride", "num_samples", "confidence", "seed",
                          "max_new_tokens", "test_text": "hamlet", "chunk_len", ...},
           "perplexity": {"base": {"point", "low", "high"}, "finetuned": {"point", "low", "high"},

@@ -22,7 +22,7 @@ import torch
 
 from helpers.atomic import build_folder, clean_leftovers
 from helpers.data import prepare
-from helpers.models import load_model, load_tokenizer, resolve_model_source, with_causal_lm_loss
+from helpers.models import fit_block_size, load_model, load_pretrained, load_tokenizer, resolve_model_source
 from helpers.runtime import pick_device, precision_policy
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, train
@@ -63,10 +63,11 @@ def save_finetuned(model, tokenizer, result: TrainResult, config: TrainConfig, b
 
 def finetune(settings: Settings, progress: bool = True, on_log=None) -> Path:
     """Fine-tune the course's base model on the prepared Shakespeare and save it (05's pipeline)."""
-    data = prepare(settings=settings, progress=progress)
     source = resolve_model_source(settings)
     model, _ = load_model(source)
     tokenizer = load_tokenizer(source)
+    settings = fit_block_size(settings, model)
+    data = prepare(settings=settings, progress=progress)
     config = TrainConfig.from_settings(settings)
     result = train(model, data.dataset("train").blocks, data.dataset("validation").blocks, config,
                    checkpoint_dir=checkpoint_dir(settings), progress=progress, on_log=on_log)
@@ -78,8 +79,6 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
 
     Used by 07, 10 and 11. A model made in another mode is rebuilt, so the sizes match.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     settings = settings or get_settings()
     folder = finetuned_dir(settings)
     clean_leftovers(folder.parent)  # puts the model back if a save was killed between its two renames
@@ -90,8 +89,8 @@ def load_finetuned(settings: Settings | None = None, progress: bool = True):
         print(f"fine-tuning first, because {display_path(folder, settings)} is needed and {why} (the same call as notebook 05)")
         finetune(settings, progress=progress)
         info = json.loads(info_file.read_text())
-    model = with_causal_lm_loss(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
-    return model, AutoTokenizer.from_pretrained(folder), info
+    model, tokenizer = load_pretrained(folder)
+    return model, tokenizer, info
 
 
 # ---------------------------------------------------------------- the same job through Trainer

@@ -6,7 +6,8 @@ notebook, not this file (``tests/test_gpt.py`` fails while the two differ).
 
 Reads like nanoGPT's ``model.py``: the configuration, attention, the MLP, the block, the model
 (with :meth:`GPT.from_transformers`, which loads the weights of a transformers
-``GPT2LMHeadModel``), then sampling, :func:`generate` and the :class:`KVCache`.
+``GPT2LMHeadModel``, and :meth:`GPT.to_transformers`, the way back, which notebook 04 uses),
+then sampling, :func:`generate` and the :class:`KVCache`.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
 
 
 @dataclass
@@ -101,7 +103,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one table to read and write tokens
 
-    def forward(self, input_ids: torch.Tensor, cache: "KVCache | None" = None, last_only: bool = False) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
+        """The stream after the last block and the final LayerNorm, (batch, time, n_embd): what the LM head reads."""
         past = len(cache) if cache is not None else 0  # positions the cache already holds (section 7)
         T = input_ids.size(1)
         if past + T > self.config.block_size:
@@ -111,7 +114,10 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(positions))
         for block in self.transformer.h:
             x = block(x, cache)
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, input_ids: torch.Tensor, cache: "KVCache | None" = None, last_only: bool = False) -> torch.Tensor:
+        x = self.hidden_states(input_ids, cache)
         return self.lm_head(x[:, -1:] if last_only else x)  # generation needs only the last position's logits
 
     @classmethod
@@ -120,6 +126,13 @@ class GPT(nn.Module):
         model = cls(config_from_transformers(hf_model.config))
         model.load_state_dict(gpt2_state_dict(hf_model.state_dict()))
         return model.to(device=hf_model.device, dtype=hf_model.dtype).eval()
+
+    def to_transformers(self) -> GPT2LMHeadModel:
+        """The way back: a transformers ``GPT2LMHeadModel`` with this GPT's weights, on its device and dtype, in
+        eval mode (notebook 04, section 6: what you trained, saved and served like any GPT-2)."""
+        hf_model = GPT2LMHeadModel(config_to_transformers(self.config))
+        hf_model.load_state_dict(transformers_state_dict(self.state_dict()))  # strict: every name and shape
+        return hf_model.to(device=self.lm_head.weight.device, dtype=self.lm_head.weight.dtype).eval()
 
 
 def config_from_transformers(hf_config) -> GPTConfig:
@@ -133,6 +146,15 @@ def config_from_transformers(hf_config) -> GPTConfig:
     return GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions, n_layer=hf_config.n_layer,
                      n_head=hf_config.n_head, n_embd=hf_config.n_embd, dropout=hf_config.resid_pdrop,
                      layer_norm_epsilon=hf_config.layer_norm_epsilon)
+
+
+def config_to_transformers(config: GPTConfig) -> GPT2Config:
+    """transformers' GPT2Config for our sizes: the inverse of ``config_from_transformers``. Notebook 04, section 6."""
+    return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_layer=config.n_layer,
+                      n_head=config.n_head, n_embd=config.n_embd, resid_pdrop=config.dropout,
+                      embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                      layer_norm_epsilon=config.layer_norm_epsilon,
+                      bos_token_id=config.vocab_size - 1, eos_token_id=config.vocab_size - 1)  # GPT-2: the last token
 
 
 def parameter_counts(config: GPTConfig) -> dict[str, int]:
@@ -156,6 +178,12 @@ def gpt2_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     state = {name: w.t() if name.endswith(CONV1D_WEIGHTS) else w for name, w in hf_state.items()}
     state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied: stored once
     return state
+
+
+def transformers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our weights under transformers' GPT-2 layout: the inverse of ``gpt2_state_dict`` (the four matrices per
+    block transposed back to Conv1D's (in, out)). Notebook 04, section 6."""
+    return {name: w.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else w for name, w in state.items()}
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

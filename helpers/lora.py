@@ -12,16 +12,14 @@ cells (a test checks the notebook's code is this code). Reused here:
 * :func:`train_lora`, :func:`save_lora` and :func:`load_lora`: 06's adapter, saved under
   ``artifacts/models/lora/`` and rebuilt when missing, as :func:`helpers.finetune.load_finetuned`
   does for 05's model;
-* :func:`check_adapter_folder` and :func:`merge_adapter`: an adapter folder checked and merged into
-  its base, with errors that name the problem (the registry's adapter versions in 11, and
-  ``python -m helpers.serving --adapter``).
+* :data:`ADAPTER_FILE`, :func:`check_adapter_folder` and :func:`merge_adapter` live in
+  ``helpers.models``, beside the one way to load a model, and keep their names here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +29,10 @@ from torch import nn
 
 from helpers.atomic import build_folder
 from helpers.data import prepare
-from helpers.models import load_model, load_tokenizer, resolve_model_source
+from helpers.models import ADAPTER_FILE as ADAPTER_FILE  # these three as before: 06, the tests and the service
+from helpers.models import check_adapter_folder as check_adapter_folder
+from helpers.models import fit_block_size, load_model, load_tokenizer, resolve_model_source, tokenizer_folder
+from helpers.models import merge_adapter as merge_adapter
 from helpers.runtime import set_seed
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, causal_lm_loss, make_optimizer, train
@@ -41,8 +42,6 @@ DEFAULT_R = 8
 DEFAULT_ALPHA = 16  # alpha = 2 r: the update is scaled by alpha / r = 2
 LORA_LR_FACTOR = 5  # LoRA's learning rate, in multiples of the mode's full fine-tuning rate (06 explains why)
 LORA_DIR = "models/lora"  # under artifacts/
-ADAPTER_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes
-ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_INFO = "training.json"
 
 
@@ -234,9 +233,10 @@ def train_lora(settings: Settings | None = None, r: int = DEFAULT_R, alpha: floa
 
 
     settings = settings or get_settings()
-    data = prepare(settings=settings, progress=progress)
     source = resolve_model_source(settings)
     base, _ = load_model(source)
+    settings = fit_block_size(settings, base)
+    data = prepare(settings=settings, progress=progress)
     set_seed(settings.seed)  # the adapter's initial A
     model = get_peft_model(base, lora_config(r, alpha))
     config = lora_train_config(settings)
@@ -267,66 +267,6 @@ def load_lora(settings: Settings | None = None, progress: bool = True):
         train_lora(settings, progress=progress)
         info = json.loads(info_file.read_text())
     base, _ = load_model(source)
-    return PeftModel.from_pretrained(base, folder), AutoTokenizer.from_pretrained(folder), info
+    return PeftModel.from_pretrained(base, folder), AutoTokenizer.from_pretrained(tokenizer_folder(folder)), info
 
 
-# ---------------------------------------------------------------- an adapter folder, merged into its base
-
-
-def check_adapter_folder(folder: Path | str) -> Path:
-    """``folder`` as a path when it holds a LoRA adapter (config and weights); else an error naming what is wrong.
-
-    Introduced in ``11_iteration.ipynb`` (the registry's adapter versions); the service's
-    ``--adapter`` uses it too.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"adapter folder {folder} does not exist; pass the folder an adapter's "
-                                "save_pretrained wrote (06_lora)")
-    if not (folder / ADAPTER_CONFIG).is_file():
-        looks_like = " (it holds config.json: a full model, not an adapter)" if (folder / "config.json").is_file() else ""
-        raise ValueError(f"{folder} is not a LoRA adapter: it has no {ADAPTER_CONFIG}{looks_like}; pass the folder "
-                         "an adapter's save_pretrained wrote (06_lora)")
-    try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{folder / ADAPTER_CONFIG} is unreadable ({err}); save the adapter again") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise ValueError(f"{folder / ADAPTER_CONFIG} does not describe a LoRA adapter (peft_type "
-                         f"{config.get('peft_type') if isinstance(config, dict) else None!r}); save a LoRA adapter")
-    if not (folder / ADAPTER_FILE).is_file():
-        raise FileNotFoundError(f"{folder} has no {ADAPTER_FILE}; save the adapter again with save_pretrained")
-    return folder
-
-
-def merge_adapter(base: nn.Module, adapter_dir: Path | str) -> nn.Module:
-    """``base`` with the LoRA adapter in ``adapter_dir`` merged into its weights: a plain model again.
-
-    ``PeftModel.from_pretrained`` then ``merge_and_unload`` (06 shows the merged logits equal the
-    adapter's). An adapter made for another base shape is a ``ValueError`` naming the mismatch;
-    peft itself would load one made for fewer layers without a word. ``base`` is changed in place.
-    Introduced in ``11_iteration.ipynb``.
-    """
-    from peft import PeftModel
-    from peft.utils import get_peft_model_state_dict
-    from safetensors import safe_open
-
-    folder = check_adapter_folder(adapter_dir)
-    with safe_open(str(folder / ADAPTER_FILE), "pt") as f:
-        saved = set(f.keys())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")  # peft 0.21 on transformers 5
-        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # said below, in one line
-        try:
-            model = PeftModel.from_pretrained(base, folder)
-        except RuntimeError as err:
-            mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-            raise ValueError(f"adapter {folder} was made for another base shape: {mismatch}") from None
-        except ValueError as err:  # e.g. its target modules are not in this base
-            raise ValueError(f"adapter {folder} does not fit this base: {err}") from None
-    expected = set(get_peft_model_state_dict(model))
-    if saved != expected:
-        extra, missing = sorted(saved - expected), sorted(expected - saved)
-        raise ValueError(f"adapter {folder} was made for another base shape: it has {len(saved)} matrices, this base "
-                         f"needs {len(expected)} ({'extra: ' + extra[0] if extra else 'missing: ' + missing[0]})")
-    return model.merge_and_unload().eval()

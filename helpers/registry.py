@@ -51,10 +51,10 @@ from typing import Any, NamedTuple
 
 from helpers import cards
 from helpers.atomic import build_folder, locked, remove_path, sha256_file, write_text_atomic, writer_state
+from helpers.models import ADAPTER_FILE, check_adapter_folder, load_pretrained
 from helpers.settings import REPO_ROOT, get_settings
 
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is hashed
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # an adapter version's weights (helpers.lora.ADAPTER_FILE)
 ENTRY_FILE = "entry.json"
 CURRENT_FILE = "current.json"
 MODEL_DIR = "model"
@@ -147,12 +147,19 @@ class Comparison(list):
 
 
 class GateRow(NamedTuple):
-    """One check of :func:`gate` and why it passed or failed."""
+    """One check of :func:`gate` and why it passed or failed.
+
+    ``candidate`` and ``current`` are perplexities, ``relative`` is the candidate's relative change
+    (negative: lower, better), ``interval`` its paired-bootstrap interval and ``threshold`` the
+    bound the interval's upper end must stay at or below.
+    """
 
     check: str
     candidate: float | None
     current: float | None
-    threshold: float | None
+    relative: float | None
+    interval: str | None
+    threshold: str | None
     passed: bool
     explanation: str
 
@@ -505,10 +512,8 @@ def register_adapter(
     copied (kilobytes, not the base's megabytes). Atomic and locked like :func:`register`.
     Introduced in ``11_iteration.ipynb``.
     """
-    from helpers.lora import check_adapter_folder
-
     adapter = check_adapter_folder(adapter_dir)
-    _release_weights(adapter, weights_files=(ADAPTER_WEIGHTS,))
+    _release_weights(adapter, weights_files=(ADAPTER_FILE,))
     metadata = _checked_metadata(data_manifest_hashes, training_config, metrics)
     if isinstance(base, Path):
         base_folder = base.resolve()
@@ -528,7 +533,7 @@ def register_adapter(
         weights = _base_weights(reference, _versions_dir(root), f"adapter {adapter}")
         return {"kind": ADAPTER, "base": reference, "base_sha256": sha256_file(weights)}
 
-    return _register(adapter, ADAPTER_WEIGHTS, base_fields, version, parent, metadata, root)
+    return _register(adapter, ADAPTER_FILE, base_fields, version, parent, metadata, root)
 
 
 def _register(source: Path, weights_file: str, extra_fields: Callable[[list[str]], dict[str, Any]],
@@ -579,18 +584,9 @@ def load(version: str, *, root: Path | str | None = None, device: str | None = N
     take any other model. (A ``PeftModel`` would keep the adapter separate, to switch adapters
     on one base; one model per version needs no switching.) Introduced in ``11_iteration.ipynb``.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from helpers.lora import merge_adapter
-
     entry = get(version, root=root)
-    model = AutoModelForCausalLM.from_pretrained(entry.base_dir or entry.model_dir, dtype=torch.float32)
-    if entry.kind == ADAPTER:
-        model = merge_adapter(model, entry.model_dir)
-    tokenizer_files = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-    tokenizer_dir = entry.model_dir if any((entry.model_dir / n).is_file() for n in tokenizer_files) else entry.base_dir
-    return model.to(device or "cpu").eval(), AutoTokenizer.from_pretrained(tokenizer_dir)
+    adapter = entry.model_dir if entry.kind == ADAPTER else None
+    return load_pretrained(entry.base_dir or entry.model_dir, adapter=adapter, device=device)
 
 
 def current(*, root: Path | str | None = None) -> Entry | None:
@@ -717,78 +713,89 @@ class GateDecision:
         return self.table()
 
 
-def _metric(metrics: Mapping[str, float], key: str, which: str) -> float:
-    if key not in metrics:
+def _scores(results: Mapping[str, Mapping[str, Any]], key: str, which: str) -> Mapping[str, Any]:
+    if key not in results:
         raise ValueError(
-            f"{which} lacks {key!r} (has {', '.join(map(repr, metrics)) or 'nothing'}); "
-            "measure it, or name the metric with new_data_metric= / heldout_metric="
+            f"{which} lacks {key!r} (has {', '.join(map(repr, results)) or 'nothing'}); score it with "
+            "helpers.evaluation.document_nlls, or name the data with new_data= / old_data="
         )
-    value = metrics[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{which}[{key!r}] must be a number, got {value!r}")
-    return float(value)
+    scores = results[key]
+    if not isinstance(scores, Mapping) or not all(hasattr(r, "nll_sum") and hasattr(r, "num_tokens")
+                                                  for r in scores.values()):
+        raise TypeError(f"{which}[{key!r}] must map document names to NLLResult (helpers.evaluation.document_nlls)")
+    return scores
 
 
 def _run_smoke_test(smoke_test: Callable[[], bool | tuple[bool, str]] | None) -> GateRow:
-    name = "service smoke test"
+    name, blank = "service smoke test", (None,) * 5
     if smoke_test is None:
-        return GateRow(name, None, None, None, False, "not run: pass smoke_test= (a real request to the service)")
+        return GateRow(name, *blank, False, "not run: pass smoke_test= (a real request to the service)")
     try:
         result = smoke_test()
     except Exception as err:  # a failing service is a failed check, not a crash of the gate
-        return GateRow(name, None, None, None, False, f"raised {type(err).__name__}: {err}")
+        return GateRow(name, *blank, False, f"raised {type(err).__name__}: {err}")
     message = ""
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
         result, message = result
     if not isinstance(result, bool):
-        return GateRow(name, None, None, None, False, f"returned {result!r}; expected True/False or (bool, message)")
+        return GateRow(name, *blank, False, f"returned {result!r}; expected True/False or (bool, message)")
     explanation = ("passed" if result else "failed") + (f": {message}" if message else "")
-    return GateRow(name, None, None, None, result, explanation)
+    return GateRow(name, *blank, result, explanation)
+
+
+def _interval_row(check: str, candidate: Mapping[str, Any], current: Mapping[str, Any], bound: float,
+                  rule: str, bootstrap: Mapping[str, Any]) -> GateRow:
+    """One interval check: the upper end of the paired interval of (candidate - current) / current <= bound."""
+    from helpers.evaluation import paired_bootstrap
+
+    paired = paired_bootstrap(current, candidate, **bootstrap)
+    change = paired.relative
+    ppl_current = math.exp(sum(r.nll_sum for r in current.values()) / sum(r.num_tokens for r in current.values()))
+    passed = change.high <= bound  # False when a diverged candidate makes it nan
+    explanation = (f"{change.point:+.1%}, {bootstrap['confidence']:.0%} interval [{change.low:+.1%}, {change.high:+.1%}] "
+                   f"over {len(current)} documents; {rule}: the whole interval at or below {bound:+.1%}")
+    return GateRow(check, ppl_current + paired.difference.point, ppl_current, change.point,
+                   f"[{change.low:+.1%}, {change.high:+.1%}]", f"≤ {bound:+.1%}", passed, explanation)
 
 
 def gate(
-    candidate_metrics: Mapping[str, float],
-    current_metrics: Mapping[str, float],
+    candidate: Mapping[str, Mapping[str, Any]],
+    current: Mapping[str, Mapping[str, Any]],
     *,
     margin: float = 0.05,
     tolerance: float = 0.02,
     smoke_test: Callable[[], bool | tuple[bool, str]] | None = None,
-    new_data_metric: str = "new_data_ppl",
-    heldout_metric: str = "heldout_ppl",
+    new_data: str = "new_data",
+    old_data: str = "old_data",
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> GateDecision:
-    """Decide whether a candidate model replaces the current one; every reason in one table.
+    """Decide whether a candidate model replaces the current one, with intervals; every reason in one table.
 
-    Promote only if (1) perplexity on the new data is at least ``margin`` lower, relative
-    (0.05: 5 % lower), (2) perplexity on the original held-out set is at most ``tolerance``
-    higher, relative, and (3) ``smoke_test()`` passes: it returns ``True``/``False`` or
-    ``(passed, message)``; raising counts as failing, and no smoke test at all fails too.
-    Both metric dicts must be measured on the same data (evaluate the current model on the
-    new data too). Introduced in ``11_iteration.ipynb``.
+    ``candidate`` and ``current`` map ``new_data`` and ``old_data`` to ``{document: NLLResult}``
+    (``helpers.evaluation.document_nlls``), both models scored on the same *validation* documents:
+    a gate is a choice, so it never reads a test split. With a paired bootstrap
+    (``helpers.evaluation.paired_bootstrap``) of the relative change in perplexity, promote only
+    if (1) the whole interval on the new data lies at least ``margin`` lower (0.05: its upper end
+    at or below -5 %), (2) the whole interval on the old domain lies at most ``tolerance`` higher,
+    and (3) ``smoke_test()`` passes: it returns ``True``/``False`` or ``(passed, message)``; raising
+    counts as failing, and no smoke test at all fails too. Introduced in ``11_iteration.ipynb``.
     """
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be in [0, 1) (0.05 = 5 % lower perplexity), got {margin}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 (0.02 = at most 2 % higher perplexity), got {tolerance}")
+    bootstrap = {"num_samples": num_samples, "confidence": confidence, "seed": seed}
     rows = []
-    for check, key, limit, direction in (
-        ("new-data improvement", new_data_metric, 1 - margin, "lower"),
-        ("held-out regression", heldout_metric, 1 + tolerance, "higher"),
+    for check, key, bound, rule in (
+        ("new-data improvement", new_data, -margin, f"needs at least {margin:.1%} lower"),
+        ("old-domain regression", old_data, tolerance, f"allowed at most {tolerance:.1%} higher"),
     ):
-        cand = _metric(candidate_metrics, key, "candidate_metrics")
-        cur = _metric(current_metrics, key, "current_metrics")
-        if not (math.isfinite(cur) and cur > 0):
-            raise ValueError(f"current_metrics[{key!r}] = {cur} is not a perplexity (a positive finite number)")
-        if cand <= 0:  # inf or nan (a diverged run) fails the check below instead
-            raise ValueError(f"candidate_metrics[{key!r}] = {cand} is not a perplexity (must be positive)")
-        threshold = cur * limit
-        passed = cand <= threshold  # False for inf and nan too
-        change = (cand - cur) / cur
-        if direction == "lower":
-            rule = f"needs at least {margin:.1%} lower"
-        else:
-            rule = f"allowed at most {tolerance:.1%} higher"
-        explanation = f"{key} {cand:.4g} vs {cur:.4g}: {change:+.1%}; {rule} (≤ {threshold:.4g})"
-        rows.append(GateRow(check, cand, cur, threshold, passed, explanation))
+        cand, cur = _scores(candidate, key, "candidate"), _scores(current, key, "current")
+        if not all(math.isfinite(r.nll_sum) and r.num_tokens > 0 for r in cur.values()):
+            raise ValueError(f"current[{key!r}] has a non-finite NLL or an empty document: not a model's scores")
+        rows.append(_interval_row(check, cand, cur, bound, rule, bootstrap))
     rows.append(_run_smoke_test(smoke_test))
     return GateDecision(promote=all(row.passed for row in rows), rows=rows)
 

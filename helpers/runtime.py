@@ -1,4 +1,4 @@
-"""Where the code runs: device, precision policy, CPU memory reuse, Colab detection, seeding, environment report.
+"""Where the code runs: device, precision policy, CPU memory reuse, Colab detection, seeding.
 
 Introduced in ``00_setup.ipynb``. The precision policy is the one place that decides
 mixed precision for every later notebook (05 training, 10 serving).
@@ -10,16 +10,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import platform
 import random
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from helpers.models import describe_model_source
-from helpers.settings import display_path, get_settings
 
 VALID_DEVICES = ("cuda", "mps", "cpu")
 
@@ -186,38 +182,3 @@ def progress_bar(iterable=None, progress: bool = True, **kwargs):
 
     disabled = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
     return tqdm(iterable, disable=not progress or disabled, **kwargs)
-
-
-def _memory_gib() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def environment_report() -> dict[str, str]:
-    """Everything worth knowing before the course starts, as an ordered dict of strings.
-
-    Shown by ``00_setup.ipynb``; the README's troubleshooting asks for its output.
-    """
-    import transformers
-
-    settings = get_settings()
-    device = pick_device()
-    policy = precision_policy(device)
-    memory = _memory_gib()
-    report = {
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "mode": settings.mode,
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "precision": policy.reason,
-        "threads": str(torch.get_num_threads()),
-        "memory": f"{memory:.1f} GiB" if memory else "unknown",
-        "colab": "yes" if in_colab() else "no",
-        "model source": describe_model_source(settings),
-        "artifacts": display_path(settings.artifacts_dir),
-    }
-    return report

@@ -26,7 +26,7 @@ class Settings:
     mode: str
     seed: int
     model_id: str | None  # None: the course's tiny GPT-2 base shipped in data/
-    block_size: int  # tokens per training example (get_settings keeps it within the model's context)
+    block_size: int  # tokens per training example (helpers.models.fit_block_size caps it at the model's context)
     batch_size: int  # examples per optimizer micro-step
     grad_accum_steps: int  # micro-steps per optimizer step
     num_steps: int  # optimizer steps of fine-tuning in 05
@@ -41,6 +41,26 @@ class Settings:
     repo_root: Path
     data_dir: Path
     artifacts_dir: Path
+    # notebook 04, pretraining: the learner's GPT from random weights, the scaling runs, the scored tokens
+    pretrain_steps: int
+    pretrain_shape: tuple[int, int, int]  # (n_layer, n_embd, n_head)
+    pretrain_block_size: int
+    pretrain_batch_size: int
+    pretrain_eval_tokens: int  # tokens of validation and of Persuasion scored
+    scaling_flops: float  # training FLOPs (03's 6N count) each of the three scaling runs gets
+    # 08 sentiment (helpers.classification)
+    sentiment_steps: int  # optimizer steps per candidate classifier (and for the release)
+    sentiment_batch_size: int  # sentences per step
+    sentiment_lr: float  # full fine-tuning; the head alone and LoRA take larger steps
+    sentiment_max_tokens: int  # sentences are cut to this many tokens (the longest movie snippet has 62)
+    sentiment_eval_examples: int | None  # at most this many sentences per evaluation set; None: all
+    # 09 instruction tuning: the mixture, the runs, the exact evaluation
+    sft_items_per_family: int  # training conversations per family (sentiment, authorship, first word)
+    sft_multi_turn: int  # multi-turn conversations chaining 2-3 training items
+    sft_steps: int  # optimizer steps of each instruction-tuning run (09 trains two side by side)
+    sft_lr: float
+    sft_eval_items: int  # held-out items per family scored (validation and test each)
+    sft_shots: int  # solved examples in the base model's few-shot prompt
 
 
 # The sizes per mode. Reasons in the comments; the notebooks only ever read them.
@@ -50,6 +70,14 @@ _MODE_SIZES: dict[str, dict] = {
         lr=1e-3, warmup_steps=2, eval_interval=3, eval_tokens=2_048,
         max_chars_per_doc=20_000, sample_tokens=20,
         bigram_steps=15, kv_cache_lengths=(8, 32),  # enough to draw the curves, not to read them
+        # 04: every piece runs once, nothing is learned
+        pretrain_steps=12, pretrain_shape=(1, 32, 2), pretrain_block_size=32, pretrain_batch_size=4,
+        pretrain_eval_tokens=1_024, scaling_flops=2e9,
+        # 08 sentiment: a few steps per candidate, 200 sentences per evaluation set
+        sentiment_steps=8, sentiment_batch_size=16, sentiment_lr=1e-3, sentiment_max_tokens=48,
+        sentiment_eval_examples=200,
+        # 09: a handful of everything, so the whole notebook runs in well under a minute
+        sft_items_per_family=48, sft_multi_turn=8, sft_steps=6, sft_lr=1e-3, sft_eval_items=24, sft_shots=2,
     ),
     "cpu": dict(  # a laptop: fine-tuning takes a few minutes, the whole course < 30 min
         model_id=None, block_size=128, batch_size=8, grad_accum_steps=1, num_steps=300,
@@ -57,12 +85,28 @@ _MODE_SIZES: dict[str, dict] = {
         max_chars_per_doc=None, sample_tokens=40,
         bigram_steps=250,  # about a minute on 2 cores; the held-out perplexity has mostly settled
         kv_cache_lengths=(16, 64, 128, 255),  # up to the tiny base's context of 256, from a 1-token prompt
+        # 04: about a minute of pretraining on 2 cores, enough to beat a bigram counted on the same windows
+        pretrain_steps=150, pretrain_shape=(4, 128, 4), pretrain_block_size=128, pretrain_batch_size=8,
+        pretrain_eval_tokens=16_384, scaling_flops=3e11,
+        # 08 sentiment: four candidates, the regression head and the release fit in the 5-minute budget
+        sentiment_steps=300, sentiment_batch_size=16, sentiment_lr=1e-3, sentiment_max_tokens=64,
+        sentiment_eval_examples=None,
+        # 09: two runs of ~1.5 minutes each; 400 test items per family put ±5 points around an accuracy
+        sft_items_per_family=1_500, sft_multi_turn=300, sft_steps=250, sft_lr=1e-3, sft_eval_items=400, sft_shots=2,
     ),
     "gpu": dict(  # real GPT-2 small on one T4: about 20 minutes of fine-tuning
         model_id="gpt2", block_size=512, batch_size=8, grad_accum_steps=2, num_steps=1_000,
         lr=5e-5, warmup_steps=100, eval_interval=100, eval_tokens=131_072,
         max_chars_per_doc=None, sample_tokens=60,
         bigram_steps=1_000, kv_cache_lengths=(32, 128, 256, 512),  # GPT-2 goes to 1,024, but uncached runs that long would dominate the notebook
+        # 04: a GPT-2-small-shaped model (124M) for 2,000 steps of 16 x 512 tokens (16M tokens, ~20 epochs of the novels)
+        pretrain_steps=2_000, pretrain_shape=(12, 768, 12), pretrain_block_size=512, pretrain_batch_size=16,
+        pretrain_eval_tokens=131_072, scaling_flops=2e15,
+        # 08 sentiment: GPT-2 124M, about two epochs of the movie training split per candidate
+        sentiment_steps=500, sentiment_batch_size=32, sentiment_lr=5e-5, sentiment_max_tokens=64,
+        sentiment_eval_examples=None,
+        # 09: GPT-2 small learns from fewer steps at a fine-tuning learning rate; a larger test
+        sft_items_per_family=4_000, sft_multi_turn=800, sft_steps=600, sft_lr=5e-5, sft_eval_items=1_000, sft_shots=4,
     ),
 }
 
@@ -108,17 +152,16 @@ def make_settings(mode: str, artifacts_dir: Path | None = None, seed: int = 1234
 def get_settings() -> Settings:
     """The settings of this process, read once from ``COURSE_MODE`` and ``COURSE_ARTIFACTS``.
 
-    Blocks never exceed the context of the model the course will load (:func:`helpers.models.fit_to_model`).
+    Pure: reading them touches neither the network nor a model. Where a model is loaded, its
+    context caps the block size (:func:`helpers.models.fit_block_size`).
 
     Introduced in ``00_setup.ipynb``; every notebook calls it.
     """
-    from helpers.models import fit_to_model  # helpers.models imports this module
-
     artifacts = os.environ.get("COURSE_ARTIFACTS")
-    return fit_to_model(make_settings(
+    return make_settings(
         resolve_mode(os.environ.get("COURSE_MODE")),
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else None,
-    ))
+    )
 
 
 def display_path(path: Path | str, settings: Settings | None = None) -> str:

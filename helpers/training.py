@@ -43,7 +43,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from helpers.atomic import build_folder, clean_leftovers, remove_folder, sha256_file, write_text_atomic
 from helpers.data import prepare
-from helpers.models import load_model, resolve_model_source
+from helpers.models import fit_block_size, load_model, resolve_model_source
 from helpers.runtime import eval_mode, pick_device, precision_policy, progress_bar, reuse_freed_memory, set_seed
 from helpers.settings import Settings, get_settings
 
@@ -79,6 +79,16 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup for ``warmup_steps``, then cosine decay to 0 at ``num_steps``."""
     return get_cosine_schedule_with_warmup(optimizer, warmup_steps, num_steps)
+
+
+def optimizer_and_scheduler(model: torch.nn.Module, recipe) -> tuple:
+    """AdamW with decay on matrices only, and warmup then cosine, sized by ``recipe``.
+
+    ``recipe`` is anything with ``lr``, ``weight_decay``, ``warmup_steps`` and ``num_steps``: 05's
+    :class:`TrainConfig` or 04's ``helpers.pretraining.Recipe``.
+    """
+    optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
+    return optimizer, make_scheduler(optimizer, recipe.warmup_steps, recipe.num_steps)
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ def micro_batch(blocks, index: int, batch_size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(blocks[r], dtype=np.int64) for r in rows]))
 
 
-def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts token t+1 (labels shifted by one).
 
     This is what ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` computes; 05 writes it
@@ -138,24 +148,33 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     the last position gets ``IGNORE_INDEX`` and drops out of the mean. Same number, but the
     (batch, block, vocab) logits, 200 MB for GPT-2 at 8 x 128, are neither copied forwards nor
     backwards.
+
+    ``labels`` (same shape as ``input_ids``, ``IGNORE_INDEX`` where no loss is wanted) replace the
+    tokens as targets: 09 passes the assistant-only labels, so only the replies are learned.
     """
-    labels = torch.nn.functional.pad(input_ids[:, 1:], (0, 1), value=IGNORE_INDEX)
+    targets = input_ids if labels is None else labels
+    labels = torch.nn.functional.pad(targets[:, 1:], (0, 1), value=IGNORE_INDEX)
     return torch.nn.functional.cross_entropy(
         logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
     )
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: int, device) -> float:
-    """Mean next-token loss over the first ``max_batches`` batches of ``blocks`` (every token weighs the same)."""
+def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: int, device, labels=None) -> float:
+    """Mean next-token loss over the first ``max_batches`` batches of ``blocks`` (every scored token weighs the same).
+
+    ``labels``: blocks of targets beside ``blocks`` (``IGNORE_INDEX`` where nothing is scored), as in :func:`train`.
+    """
     total, count = 0.0, 0
     with eval_mode(model):
         for start in range(0, min(len(blocks), batch_size * max_batches), batch_size):
-            rows = [np.asarray(blocks[i], dtype=np.int64) for i in range(start, min(start + batch_size, len(blocks)))]
-            batch = torch.from_numpy(np.stack(rows)).to(device)
+            rows = range(start, min(start + batch_size, len(blocks)))
+            batch = torch.from_numpy(np.stack([np.asarray(blocks[i], dtype=np.int64) for i in rows])).to(device)
+            targets = None if labels is None else torch.from_numpy(
+                np.stack([np.asarray(labels[i], dtype=np.int64) for i in rows])).to(device)
             logits = model(batch).logits
-            n = batch[:, 1:].numel()
-            total += causal_lm_loss(logits, batch).item() * n
+            n = int(((batch if targets is None else targets)[:, 1:] != IGNORE_INDEX).sum())
+            total += causal_lm_loss(logits, batch, targets).item() * n
             count += n
     return total / max(count, 1)
 
@@ -281,6 +300,24 @@ def restore_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+def make_accelerator(mixed_precision: str | None = None):
+    """A fresh ``accelerate.Accelerator`` for one run of :func:`train` (05), in ``mixed_precision``.
+
+    ``None`` means the runtime precision policy. accelerate keeps one ``AcceleratorState`` per
+    process and refuses a second ``Accelerator`` with another precision ("AcceleratorState has
+    already been initialized"), so a bf16 run followed by an fp32 one would crash. Each run
+    therefore clears that state first, as transformers' ``TrainingArguments`` does; the process
+    group (accelerate's ``PartialState``) is kept, so several processes still train together.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    device = pick_device()
+    AcceleratorState._reset_state()  # accelerate's own reset, private but what transformers calls too
+    return Accelerator(mixed_precision=mixed_precision or precision_policy(device).accelerate_name,
+                       cpu=device.type == "cpu")
+
+
 @dataclass
 class TrainResult:
     """What ``train`` returns: the trained model (unwrapped) and its history, one dict per step."""
@@ -301,27 +338,24 @@ def train(
     stop_after: int | None = None,
     on_log: Callable[[list[dict]], None] | None = None,
     progress: bool = True,
+    train_labels=None,
+    valid_labels=None,
 ) -> TrainResult:
-    """Fine-tune ``model`` on token blocks; return the model and its training history.
+    """Fine-tune ``model`` on token blocks; return the model and its training history (``05_finetuning_gpt2``).
 
-    ``checkpoint_dir``: where ``step-XXXXXX/`` checkpoints go; with ``resume`` the newest good
-    one is loaded first and training continues exactly where it stopped. ``stop_after``
-    stops early after that many optimizer steps (to demonstrate an interruption) without
-    changing the schedule. ``on_log`` is called with the history after every logged step
-    (05 passes a live plot). Introduced in ``05_finetuning_gpt2.ipynb``.
+    ``checkpoint_dir``: where ``step-XXXXXX/`` checkpoints go; with ``resume`` the newest good one is
+    loaded and training continues exactly where it stopped. ``stop_after`` stops after that many steps
+    (an interruption) without changing the schedule. ``on_log`` gets the history at every logged step.
+    ``train_labels`` / ``valid_labels``: targets shaped like the blocks, ``IGNORE_INDEX`` where no loss
+    is wanted (09's assistant-only loss); by default every token is its own target. Checkpoints do
+    not record them: resume with the same labels.
     """
-    from accelerate import Accelerator
+    _check_blocks(train_blocks, valid_blocks, train_labels, valid_labels)
+    accelerator = make_accelerator(config.mixed_precision)
+    world = accelerator.num_processes
+    set_seed(config.seed + accelerator.process_index)  # each process its own dropout masks
 
-    if len(train_blocks) == 0:
-        raise ValueError("train_blocks is empty: prepare the data first (helpers.data.prepare)")
-    device = pick_device()
-    mixed = config.mixed_precision or precision_policy(device).accelerate_name
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
-    world, rank = accelerator.num_processes, accelerator.process_index
-    set_seed(config.seed + rank)  # each process its own dropout masks
-
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    scheduler = make_scheduler(optimizer, config.warmup_steps, config.num_steps)
+    optimizer, scheduler = optimizer_and_scheduler(model, config)
     start_step, history = 0, []
     if checkpoint_dir is not None and resume:
         start_step, history = _resume(Path(checkpoint_dir), model, optimizer, scheduler, accelerator)
@@ -336,29 +370,39 @@ def train(
     with reuse_freed_memory() if accelerator.device.type == "cpu" else nullcontext():
         for step in bar:
             step_start = time.perf_counter()
-            loss_sum = _accumulate_gradients(accelerator, model, train_blocks, config, step)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            seconds = time.perf_counter() - step_start
+            loss_sum = _accumulate_gradients(accelerator, model, train_blocks, config, step, train_labels)
+            grad_norm = _optimizer_step(accelerator, model, optimizer, scheduler, config.grad_clip)
             record = {"step": step + 1, "loss": _mean_across(accelerator, loss_sum), "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / seconds}
+                      "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start)}
             if (step + 1) % config.eval_interval == 0 or step + 1 == config.num_steps:
                 record["valid_loss"] = evaluate_loss(accelerator.unwrap_model(model), valid_blocks, config.batch_size,
-                                                     config.eval_batches, accelerator.device)
+                                                     config.eval_batches, accelerator.device, valid_labels)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}")
             if on_log and accelerator.is_main_process and (step + 1) % config.log_interval == 0:
                 on_log(history)
-            if checkpoint_dir is not None and ((step + 1) % config.checkpoint_interval == 0 or step + 1 in (last_step, config.num_steps)):
+            if checkpoint_dir is not None and _checkpoint_due(step + 1, last_step, config):
                 _checkpoint(accelerator, model, optimizer, scheduler, step + 1, history, Path(checkpoint_dir), config.keep_checkpoints)
     bar.close()
     accelerator.wait_for_everyone()
     # keep_fp32_wrapper=False: the model comes back computing as it was loaded, not under the loop's autocast
     return TrainResult(accelerator.unwrap_model(model, keep_fp32_wrapper=False), history, start_step,
                        time.perf_counter() - started)
+
+
+def _check_blocks(train_blocks, valid_blocks, train_labels, valid_labels) -> None:
+    """A clear error for empty training data or labels that do not match their blocks."""
+    if len(train_blocks) == 0:
+        raise ValueError("train_blocks is empty: prepare the data first (helpers.data.prepare)")
+    for blocks, labels, name in ((train_blocks, train_labels, "train"), (valid_blocks, valid_labels, "valid")):
+        if labels is not None and np.shape(labels) != np.shape(blocks):
+            raise ValueError(f"{name}_labels has shape {np.shape(labels)}, but {name}_blocks {np.shape(blocks)}; "
+                             "give one label per token")
+
+
+def _checkpoint_due(done: int, last_step: int, config: TrainConfig) -> bool:
+    """Checkpoint every ``checkpoint_interval`` steps, when a run stops early, and at the end."""
+    return done % config.checkpoint_interval == 0 or done in (last_step, config.num_steps)
 
 
 def _resume(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[int, list[dict]]:
@@ -376,7 +420,7 @@ def _resume(folder: Path, model, optimizer, scheduler, accelerator) -> tuple[int
     return state["step"], state["history"]
 
 
-def _accumulate_gradients(accelerator, model, train_blocks, config: TrainConfig, step: int) -> float:
+def _accumulate_gradients(accelerator, model, train_blocks, config: TrainConfig, step: int, train_labels=None) -> float:
     """Forward and backward over this process's micro-batches of one optimizer step; the summed loss."""
     world, rank = accelerator.num_processes, accelerator.process_index
     loss_sum = 0.0
@@ -384,13 +428,24 @@ def _accumulate_gradients(accelerator, model, train_blocks, config: TrainConfig,
         # Global micro-batch index: this process takes every world-th one of this step's share.
         index = (step * config.grad_accum_steps + micro) * world + rank
         batch = micro_batch(train_blocks, index, config.batch_size, config.seed).to(accelerator.device)
+        labels = None if train_labels is None else micro_batch(train_labels, index, config.batch_size, config.seed).to(
+            accelerator.device)  # the same rows: the order depends only on (seed, epoch, number of blocks)
         sync = micro == config.grad_accum_steps - 1
         with nullcontext() if sync else accelerator.no_sync(model):
             logits = model(batch).logits  # forward
-            loss = causal_lm_loss(logits, batch) / config.grad_accum_steps  # shifted-label cross-entropy
+            loss = causal_lm_loss(logits, batch, labels) / config.grad_accum_steps  # shifted-label cross-entropy
             accelerator.backward(loss)  # gradients add up over micro-batches
         loss_sum += loss.item()
     return loss_sum
+
+
+def _optimizer_step(accelerator, model, optimizer, scheduler, grad_clip: float) -> torch.Tensor:
+    """Clip, step, schedule, zero the gradients; the gradient norm before clipping."""
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def _mean_across(accelerator, value: float) -> float:
@@ -431,12 +486,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    model, _ = load_model(resolve_model_source(get_settings(), course_model=args.model))
+    settings = fit_block_size(get_settings(), model)
     overrides = json.loads(args.config.read_text()) if args.config else {}
     overrides.update({k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None})
     config = TrainConfig.from_settings(settings, **overrides)
     data = prepare(settings=settings, progress=False, verbose=int(os.environ.get("RANK", "0")) == 0)
-    model, _ = load_model(resolve_model_source(settings, course_model=args.model))
     result = train(model, data.dataset("train").blocks, data.dataset("validation").blocks, config,
                    checkpoint_dir=args.out / "checkpoints", resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -176,6 +176,23 @@ def next_token_figure(model, tokenizer, prompt: str, temperature: float, top_k: 
     return fig
 
 
+def _playground_controls(ipywidgets, prompt: str, temperature: float, top_k: int, top_p: float,
+                         max_new_tokens: int, seed: int, limit: int) -> tuple:
+    """The playground's prompt box, sliders and seed box, set to the given values; the max-tokens
+    slider stays inside the model's ``limit`` positions."""
+    wide = {"description_width": "initial"}
+    return (
+        ipywidgets.Textarea(value=prompt, description="prompt", layout=ipywidgets.Layout(width="95%")),
+        ipywidgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature (0 = greedy)",
+                               style=wide),
+        ipywidgets.IntSlider(value=top_k, min=0, max=200, description="top-k (0 = off)", style=wide),
+        ipywidgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p (1 = off)", style=wide),
+        ipywidgets.IntSlider(value=min(max_new_tokens, limit - 1), min=1, max=min(200, limit - 1),
+                             description="max tokens", style=wide),
+        ipywidgets.IntText(value=seed, description="seed", layout=ipywidgets.Layout(width="160px")),
+    )
+
+
 def generation_playground(
     model,
     tokenizer,
@@ -209,20 +226,8 @@ def generation_playground(
         print("ipywidgets is not installed (pip install ipywidgets); one generation with these settings instead:")
         print(prompt + text)
         return None
-    limit = max_context(model) or 1024
-    wide = {"description_width": "initial"}
-    prompt_box = ipywidgets.Textarea(value=prompt, description="prompt", layout=ipywidgets.Layout(width="95%"))
-    temperature_slider = ipywidgets.FloatSlider(
-        value=temperature, min=0.0, max=2.0, step=0.05, description="temperature (0 = greedy)", style=wide
-    )
-    top_k_slider = ipywidgets.IntSlider(value=top_k, min=0, max=200, description="top-k (0 = off)", style=wide)
-    top_p_slider = ipywidgets.FloatSlider(
-        value=top_p, min=0.05, max=1.0, step=0.05, description="top-p (1 = off)", style=wide
-    )
-    tokens_slider = ipywidgets.IntSlider(
-        value=min(max_new_tokens, limit - 1), min=1, max=min(200, limit - 1), description="max tokens", style=wide
-    )
-    seed_box = ipywidgets.IntText(value=seed, description="seed", layout=ipywidgets.Layout(width="160px"))
+    prompt_box, temperature_slider, top_k_slider, top_p_slider, tokens_slider, seed_box = _playground_controls(
+        ipywidgets, prompt, temperature, top_k, top_p, max_new_tokens, seed, max_context(model) or 1024)
     button = ipywidgets.Button(description="Generate", button_style="primary")
     output = ipywidgets.Output(layout=ipywidgets.Layout(border="1px solid #ccc", min_height="4em"))
     output.append_stdout("Press Generate.\n")
@@ -245,12 +250,5 @@ def generation_playground(
         output.append_stdout(message + "\n")
 
     button.on_click(on_click)
-    return ipywidgets.VBox(
-        [
-            prompt_box,
-            ipywidgets.HBox([temperature_slider, top_k_slider]),
-            ipywidgets.HBox([top_p_slider, tokens_slider]),
-            ipywidgets.HBox([seed_box, button]),
-            output,
-        ]
-    )
+    rows = [(temperature_slider, top_k_slider), (top_p_slider, tokens_slider), (seed_box, button)]
+    return ipywidgets.VBox([prompt_box, *(ipywidgets.HBox(list(row)) for row in rows), output])

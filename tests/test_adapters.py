@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from helpers import atomic, cards, lora, registry, serving
 from helpers.registry import DamagedVersionError, UnknownVersionError
-from helpers.serving import create_app, free_port
+from helpers.serving import build_app, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")  # peft 0.21 on transformers 5
 HASHES = {"new_data": "b" * 64}
@@ -183,7 +183,7 @@ def test_registering_an_adapter_wrongly_is_a_clear_error_and_writes_nothing(tmp_
 
 def test_the_service_serves_base_plus_adapter_and_names_it(folders):
     base, adapter = folders
-    with TestClient(create_app(base, adapter_dir=adapter, device="cpu")) as client:
+    with TestClient(build_app(base, adapter_dir=adapter, device="cpu")) as client:
         models = client.get("/v1/models").json()["data"]
         prompt = "To be, or not to be"
         response = client.post("/v1/completions", json={"model": adapter.name, "prompt": prompt, "max_tokens": 8,

@@ -248,6 +248,8 @@ def test_glossary_explains_every_course_term():
     entries = re.split(r"^## ", text, flags=re.M)[1:]
     untaught = [e.splitlines()[0] for e in entries if "Taught in" not in e and "notebooks/" not in e]
     assert not untaught, f"GLOSSARY.md entries that name no notebook: {untaught}"
+    headings = [e.splitlines()[0] for e in entries]
+    assert len(headings) == len(set(headings)), f"GLOSSARY.md explains a term twice: {sorted({h for h in headings if headings.count(h) > 1})}"
 
 
 def test_glossary_links_resolve():

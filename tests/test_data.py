@@ -167,7 +167,19 @@ def test_a_one_megabyte_line_goes_through_every_step(tokenizer):
     digits = ("x " + "1" * 1_000_000)  # a megabyte of digits: the patterns must stay linear
     assert data.scrub_pii(digits)[0] == digits
     (tokens,) = data.tokenize_texts([normalized], tokenizer, progress=False)
-    assert tokens.tolist() == tokenizer(normalized)["input_ids"]
+    expected = tokenizer(normalized)["input_ids"]
+    assert len(tokens) == len(expected) and tokens.tolist() == expected  # compared whole, reported short
+
+
+def test_tokenize_texts_ignores_truncation_an_earlier_call_left_on_the_tokenizer(tokenizer):
+    text = "It is a truth universally acknowledged, that a single man in possession of a good fortune. " * 20
+    tokenizer(["A film."], truncation=True, max_length=4)  # fast tokenizers keep this on their Rust backend
+    before = tokenizer.backend_tokenizer.truncation
+    (tokens,) = data.tokenize_texts([text], tokenizer, progress=False)
+    assert len(tokens) == len(tokenizer(text)["input_ids"]) > 4
+    tokenizer(["A film."], truncation=True, max_length=4)
+    data.tokenize_texts([text], tokenizer, progress=False)
+    assert tokenizer.backend_tokenizer.truncation == before  # restored, whatever it was
 
 
 def test_trim_cuts_at_a_line_break():

@@ -19,6 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from helpers import deployment
 from helpers.deployment import (
+    ReportMismatchError,
     compare_logits,
     conv1d_to_linear,
     export_release,
@@ -29,6 +30,7 @@ from helpers.deployment import (
     quantize_int8,
     verify_release,
 )
+from helpers.evaluation import weights_sha256
 
 REPORT = {
     "perplexity": {"test": {"before": 812.3456, "after": 95.43211}},
@@ -59,8 +61,13 @@ def logits(model, ids):
 # --------------------------------------------------------------------------- release
 
 
+def report_for(model, report=REPORT):
+    """A report that names the weights it evaluated, as 07's does."""
+    return {**report, "model_sha256": weights_sha256(model)}
+
+
 def test_export_then_reload_gives_exactly_the_same_logits(model, tokenizer, tmp_path):
-    release = export_release(model, tokenizer, tmp_path / "release", REPORT, TRAINING)
+    release = export_release(model, tokenizer, tmp_path / "release", report_for(model), TRAINING)
     names = {p.name for p in release.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "README.md", "release.json",
             "tokenizer_config.json"} <= names
@@ -109,7 +116,7 @@ def test_generation_settings_are_written(model, tokenizer, tmp_path):
 
 
 def test_model_card_renders_the_report(model, tokenizer, tmp_path):
-    release = export_release(model, tokenizer, tmp_path / "release", REPORT, TRAINING)
+    release = export_release(model, tokenizer, tmp_path / "release", report_for(model), TRAINING)
     card = (release / "README.md").read_text()
     assert card.startswith("---\nlicense: mit")
     for section in ("## Intended use", "## Training data", "## Training procedure", "## Evaluation",
@@ -123,6 +130,23 @@ def test_model_card_renders_the_report(model, tokenizer, tmp_path):
         assert fragment in card, fragment
 
 
+def test_the_manifest_records_the_evaluated_weights_and_another_models_report_is_refused(model, tokenizer, tmp_path):
+    release = export_release(model, tokenizer, tmp_path / "release", report_for(model), TRAINING)
+    manifest = json.loads((release / "release.json").read_text())
+    assert manifest["evaluated_weights_sha256"] == weights_sha256(model)
+    reloaded = AutoModelForCausalLM.from_pretrained(release)  # the same weights, reloaded: the same checksum
+    assert weights_sha256(reloaded) == weights_sha256(model)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.transformer.h[0].mlp.c_fc.weight[0, 0] += 1e-3
+    smoke_report = {**report_for(model), "settings": {"mode": "smoke"}}
+    with pytest.raises(ReportMismatchError, match=r"computed on other weights .*smoke mode"):
+        export_release(other, tokenizer, tmp_path / "other", smoke_report, TRAINING)
+    with pytest.raises(ReportMismatchError, match="does not say which weights"):
+        export_release(model, tokenizer, tmp_path / "other", REPORT, TRAINING)
+    assert not (tmp_path / "other").exists()  # refused before anything is written
+
+
 def test_model_card_without_reports_says_not_reported(model):
     card = model_card(model, None, {"lr": float("nan"), "notes": None}, name="bare")
     assert card.count("Not reported.") == 2  # training data, evaluation
@@ -131,7 +155,7 @@ def test_model_card_without_reports_says_not_reported(model):
 
 def test_export_is_atomic(model, tokenizer, tmp_path, monkeypatch):
     out = tmp_path / "release"
-    export_release(model, tokenizer, out, {"perplexity": 100.0})
+    export_release(model, tokenizer, out, report_for(model, {"perplexity": 100.0}))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken_card(*args, **kwargs):
@@ -139,11 +163,11 @@ def test_export_is_atomic(model, tokenizer, tmp_path, monkeypatch):
 
     monkeypatch.setattr(deployment, "model_card", broken_card)
     with pytest.raises(RuntimeError, match="disk full"):
-        export_release(model, tokenizer, out, {"perplexity": 50.0})
+        export_release(model, tokenizer, out, report_for(model, {"perplexity": 50.0}))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old release, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["release"]  # no half-written folder left behind
     monkeypatch.undo()
-    export_release(model, tokenizer, out, {"perplexity": 50.0})
+    export_release(model, tokenizer, out, report_for(model, {"perplexity": 50.0}))
     assert "| perplexity | 50 |" in (out / "README.md").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["release"]
 

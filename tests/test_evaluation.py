@@ -148,7 +148,7 @@ def test_context_longer_than_the_model_is_a_clear_error(model, ids):
 
 def test_the_notebook_defines_the_lesson_code():
     for name in ["windowed_nll", "bootstrap_perplexity", "bootstrap_difference", "excludes_zero", "tokenizer_free",
-                 "loss_by_context", "my_bits_per_byte"]:
+                 "loss_by_context", "my_early_stop", "turned_up"]:
         assert callable(NB.get(name)), f"07 no longer defines {name}; update this test with the notebook"
 
 
@@ -282,6 +282,17 @@ def test_paired_difference_sees_a_small_consistent_improvement():
     assert not NB["excludes_zero"](unpaired.difference)
     width = NB["width"]
     assert width(paired.difference) < 0.2 * width(unpaired.difference)
+
+
+def test_the_helpers_paired_bootstrap_is_the_notebooks_to_the_last_bit():
+    """helpers.evaluation.paired_bootstrap (the gate of 11 decides with it) is 07's bootstrap_difference, hardened."""
+    a, b = synthetic_results(15, seed=5), synthetic_results(15, seed=6)
+    for seed, confidence in ((0, 0.95), (9, 0.8)):
+        assert ev.paired_bootstrap(a, b, 700, confidence, seed) == difference(a, b, 700, confidence, seed)
+    with pytest.raises(ValueError, match="split the text"):
+        ev.paired_bootstrap({"only": ev.NLLResult(1.0, 2)}, {"only": ev.NLLResult(1.0, 2)})
+    with pytest.raises(ValueError, match="doc000"):
+        ev.paired_bootstrap(a, {k: v for k, v in a.items() if k != "doc000"})
 
 
 def test_difference_needs_the_same_documents():
@@ -480,9 +491,20 @@ def test_bias_probe_defaults_and_bad_input(model, tokenizer):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_weights_checksum_names_the_weights_not_their_dtype_or_object(model):
+    import copy
+
+    same = copy.deepcopy(model)
+    assert ev.weights_sha256(same) == ev.weights_sha256(model)
+    with torch.no_grad():
+        same.transformer.h[0].attn.c_attn.bias[0] += 1e-6
+    assert ev.weights_sha256(same) != ev.weights_sha256(model)
+
+
 def test_report_round_trip(tmp_path):
     paired = ev.PairedDifference(ev.Interval(-3.0, -4.5, -1.25), ev.Interval(-0.1, -0.15, -0.05))
     report = {
+        "model_sha256": "0" * 64,
         "settings": {"mode": "smoke", "context_len": 64, "seed": np.int64(3)},
         "perplexity": {"base": ev.Interval(30.0, 27.5, 33.0), "finetuned": ev.Interval(27.0, 25.0, 29.5)},
         "difference": {**paired._asdict(), "excludes_zero": True},

@@ -136,6 +136,20 @@ def test_core_check_survives_an_answer_that_breaks_on_use(capsys):
     assert "a hint" in capsys.readouterr().out
 
 
+def test_no_two_notebooks_export_the_same_name():
+    """``helpers.exercises`` star-imports every notebook's module: a name defined twice would silently
+    replace the earlier notebook's check with the later one's."""
+    owners: dict[str, list[str]] = {}
+    for path in sorted((REPO_ROOT / "helpers" / "exercises").glob("nb*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else [
+                target.id for target in getattr(node, "targets", []) if isinstance(target, ast.Name)]
+            for name in names:
+                if not name.startswith("_"):
+                    owners.setdefault(name, []).append(path.stem)
+    assert {name: files for name, files in owners.items() if len(files) > 1} == {}
+
+
 # --- exercises that ask for a function -------------------------------------------------------------
 
 
@@ -170,10 +184,31 @@ def _dedupe(texts, min_chars):
     return out
 
 
-def _gate(candidate, current):
-    # 11's rule, written from its statement: at least 5 % lower on the new data, at most 2 % higher held out
-    return (candidate["new_data_ppl"] <= 0.95 * current["new_data_ppl"]
-            and candidate["heldout_ppl"] <= 1.02 * current["heldout_ppl"])
+def _interval_gate(candidate, current):
+    # 11's rule, written from its statement: the whole 95 % paired interval at least 5 % lower on the new
+    # data and at most 2 % higher on the old domain; the paired bootstrap written out here with numpy
+    def upper_end(key):
+        names = sorted(current[key])
+        nll = np.array([[d[key][n].nll_sum for n in names] for d in (current, candidate)])
+        tokens = np.array([[d[key][n].num_tokens for n in names] for d in (current, candidate)], dtype=float)
+        index = np.random.default_rng(0).integers(0, len(names), size=(2000, len(names)))
+        ppl = np.exp(nll[:, index].sum(axis=2) / tokens[:, index].sum(axis=2))
+        return np.percentile(ppl[1] / ppl[0] - 1, 97.5)
+
+    return bool(upper_end("new_data") <= -0.05 and upper_end("old_data") <= 0.02)
+
+
+def _point_gate(candidate, current):  # the point estimates only: promotes a win the chunks cannot confirm
+    def change(key):
+        ppl = [math.exp(sum(r.nll_sum for r in d[key].values()) / sum(r.num_tokens for r in d[key].values()))
+               for d in (current, candidate)]
+        return ppl[1] / ppl[0] - 1
+    return change("new_data") <= -0.05 and change("old_data") <= 0.02
+
+
+def _sustained(values, threshold, run=3):
+    return any(all(v > threshold for v in values[i : i + run]) for i in range(len(values) - run + 1))
+
 
 def _shifted_loss(logits, ids):
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
@@ -192,13 +227,53 @@ def _percentile(values, q):
     return ordered[low] + (position - low) * (ordered[high] - ordered[low])
 
 
+def _assistant_mask(ids, tokenizer, keep_end=True):
+    # 09's mask, written from its statement: from after "<|assistant|>" and its newline up to <|end|>
+    start, end = tokenizer.convert_tokens_to_ids(["<|assistant|>", "<|end|>"])
+    mask, inside, previous = [], False, None
+    for token in ids:
+        if token == end and inside:
+            mask.append(int(keep_end))
+            inside = False
+        else:
+            mask.append(int(inside))
+        if previous == start:
+            inside = True  # the token after <|assistant|> is the newline; the reply starts after it
+        previous = token
+    return mask
+
+
+def _bootstrap(correct, resamples, seed):
+    values = np.asarray(correct, dtype=float)
+    draws = np.random.default_rng(seed + 1).integers(0, len(values), (resamples, len(values)))
+    means = values[draws].mean(axis=1)
+    return values.mean(), np.quantile(means, 0.025), np.quantile(means, 0.975)
+
+
+def _answer_logprob(model, tokenizer, context, answer):
+    context_ids, answer_ids = tokenizer(context).input_ids, tokenizer(answer).input_ids
+    ids = torch.tensor([context_ids + answer_ids])
+    labels = torch.tensor([[-100] * len(context_ids) + answer_ids])
+    with torch.no_grad():
+        return -model(ids, labels=labels).loss.item() * len(answer_ids)  # transformers' own shifted loss
+
+
 # (check, a right function written here independently, a wrong one)
+def _adamw_by_hand(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    param = param * (1 - lr * weight_decay)
+    m, v = beta1 * m + (1 - beta1) * grad, beta2 * v + (1 - beta2) * grad**2
+    return param - lr * (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps), m, v
+
+
+def _decay_split(model):
+    return [p for p in model.parameters() if p.dim() >= 2], [p for p in model.parameters() if p.dim() < 2]
+
+
 FUNCTION_CASES = [
-    (exercises.check_gate_rule, _gate, lambda c, cur: c["new_data_ppl"] < 0.95 * cur["new_data_ppl"]
-     and c["heldout_ppl"] < 1.02 * cur["heldout_ppl"]),  # strict: refuses a candidate exactly at a threshold
-    (exercises.check_gate_rule, _gate, lambda c, cur: not c["new_data_ppl"] > 0.95 * cur["new_data_ppl"]
-     and not c["heldout_ppl"] > 1.02 * cur["heldout_ppl"]),  # promotes a diverged (nan) candidate
-    (exercises.check_gate_rule, _gate, lambda c, cur: c["new_data_ppl"] <= 0.95 * cur["new_data_ppl"]),
+    (exercises.check_interval_gate, _interval_gate, _point_gate),
+    (exercises.check_interval_gate, _interval_gate, lambda c, cur: _interval_gate(c, {**cur, "old_data": c["old_data"]})),
+    (exercises.check_sustained_drift, _sustained, lambda values, threshold, run=3: sum(v > threshold for v in values) >= run),
+    (exercises.check_sustained_drift, _sustained, lambda values, threshold, run=3: _sustained(values, threshold, 3)),
     (exercises.check_pick_precision, _precision, lambda d, c, b: "fp16" if d == "cpu" else _precision(d, c, b)),
     (exercises.check_pick_mode, _mode, lambda value, cuda: (value or "cpu").strip().lower()),  # accepts anything
     (exercises.check_pick_mode, _mode, lambda value, cuda: "cpu" if not value else _mode(value, cuda)),  # ignores CUDA
@@ -209,8 +284,16 @@ FUNCTION_CASES = [
     (exercises.check_causal_lm_loss, _shifted_loss, lambda logits, ids: F.cross_entropy(logits.flatten(0, 1), ids.flatten())),
     (exercises.check_lr_schedule, _warmup_cosine, lambda step, peak, warmup, steps: peak * min(1.0, (step + 1) / max(1, warmup))),
     (exercises.check_lr_schedule, _warmup_cosine, lambda step, peak, warmup, steps: _warmup_cosine(step, peak, 0, steps)),
+    (exercises.check_pretrain_schedule, _warmup_cosine, lambda step, peak, warmup, steps: _warmup_cosine(step, peak, 0, steps)),
+    (exercises.check_adamw_step, _adamw_by_hand, lambda p, g, m, v, t, lr, b1, b2, eps, wd: _adamw_by_hand(p, g, m, v, t, lr, b1, b2, eps, 0.0)),
+    (exercises.check_adamw_step, _adamw_by_hand, lambda p, g, m, v, t, lr, b1, b2, eps, wd: _adamw_by_hand(p, g, m, v, 1, lr, b1, b2, eps, wd)),
+    (exercises.check_decay_split, _decay_split, lambda model: (list(model.parameters()), [])),
     (exercises.check_percentile, _percentile, lambda values, q: sorted(values)[round(q / 100 * (len(values) - 1))]),
     (exercises.check_percentile, _percentile, lambda values, q: sorted(values)[int(q / 100 * (len(values) - 1))]),
+    (exercises.check_assistant_mask, _assistant_mask, lambda ids, tok: _assistant_mask(ids, tok, keep_end=False)),
+    (exercises.check_exact_match_interval, _bootstrap, lambda correct, resamples, seed: (np.mean(correct), 0.0, 1.0)),
+    (exercises.check_answer_logprob, _answer_logprob, lambda model, tok, context, answer: _answer_logprob(
+        model, tok, context, answer) / len(tok(answer).input_ids)),  # the mean, not the sum
 ]
 FUNCTION_IDS = [f"{case[0].__name__}-{i}" for i, case in enumerate(FUNCTION_CASES)]
 
@@ -322,6 +405,7 @@ NOTEBOOK_NAMES = {
     "01_mse_and_gradient_descent.ipynb": lambda: {"np": np},
     "02_data_preparation.ipynb": lambda: dict(_notebook_02()),
     "05_finetuning_gpt2.ipynb": lambda: {"torch": torch, "math": math},
+    "09_assistant.ipynb": lambda: {"np": np, "torch": torch},
     "10_deployment.ipynb": _notebook_10,
 }
 
@@ -359,3 +443,18 @@ def test_notebook_solutions_are_correct_and_stubs_are_not_done(notebook, capsys)
 def test_notebook_11_has_three_checked_exercises_each_ending_with_its_check():
     # 11's solutions need its trained candidates, so they run where the notebook runs (nbval), not here
     test_notebook_has_three_checked_exercises_each_ending_with_its_check("11_iteration.ipynb")
+
+
+def test_tokens_per_parameter_check_reads_the_shipped_base(capsys):
+    import json
+
+    from helpers.models import tiny_base_dir
+
+    metrics = json.loads((tiny_base_dir() / "training_metrics.json").read_text())
+    exercises.check_tokens_per_parameter(metrics["tokens_seen"] / metrics["parameters"], False)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(exercises.CORRECT) and out[1].startswith(exercises.CORRECT)
+    exercises.check_tokens_per_parameter(20.0, True)
+    assert capsys.readouterr().out.startswith(exercises.WRONG)
+    exercises.check_tokens_per_parameter(metrics["tokens_seen"] / metrics["parameters"], True)
+    assert exercises.WRONG in capsys.readouterr().out

@@ -137,6 +137,70 @@ def test_other_models_and_variants_are_refused_with_the_reason():
         gpt.GPT(gpt.GPTConfig(n_embd=10, n_head=3))
 
 
+# --- the way back: GPT.to_transformers (notebook 04) ----------------------------------------------
+
+
+def _passage(tokenizer, length: int) -> torch.Tensor:
+    """A real passage: ``length`` tokens of Persuasion, the novel the tiny base never trained on."""
+    text = (REPO_ROOT / "data" / "raw" / "austen" / "persuasion.txt").read_text(encoding="utf-8")[20_000:40_000]
+    return torch.tensor([tokenizer(text).input_ids[:length]])
+
+
+def _relative_gap(ours: gpt.GPT, theirs: GPT2LMHeadModel, ids: torch.Tensor) -> float:
+    """max |our logits - transformers' logits| / max |transformers' logits|."""
+    with torch.no_grad():
+        reference = theirs(ids).logits
+        return ((ours(ids) - reference).abs().max() / reference.abs().max()).item()
+
+
+def test_to_transformers_of_the_trained_tiny_base_gives_its_logits(tiny, tokenizer):
+    _, ours = tiny
+    exported = ours.to_transformers()
+    assert isinstance(exported, GPT2LMHeadModel) and not exported.training
+    assert _relative_gap(ours, exported, _passage(tokenizer, ours.config.block_size)) <= 1e-5
+
+
+def test_to_transformers_of_a_larger_random_init_gives_its_logits(tokenizer):
+    # 8 layers x 256 wide (8 heads): larger than the tiny base, initialised by PyTorch's defaults, not GPT-2's:
+    # N(0, 1) embeddings, 50x GPT-2's 0.02, so the logits reach the hundreds and rounding has room to grow
+    torch.manual_seed(3)
+    ours = gpt.GPT(gpt.GPTConfig(n_layer=8, n_head=8, n_embd=256, block_size=128)).eval()
+    exported = ours.to_transformers()
+    assert exported.config.n_layer == 8 and exported.config.n_embd == 256 and exported.config.n_head == 8
+    assert _relative_gap(ours, exported, _passage(tokenizer, 128)) <= 1e-5
+
+
+def test_from_transformers_of_to_transformers_is_the_same_model(random_gpt2):
+    torch.manual_seed(4)
+    ours = gpt.GPT(gpt.GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=1000, dropout=0.1))
+    back = gpt.GPT.from_transformers(ours.to_transformers())
+    assert back.config == ours.config
+    mine, theirs = ours.state_dict(), back.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert back.lm_head.weight is back.transformer.wte.weight  # still tied
+    hf = random_gpt2(**GPT_SHAPE)  # and the other way round: transformers -> ours -> transformers
+    again = gpt.GPT.from_transformers(hf).to_transformers().state_dict()
+    assert all(torch.equal(w, again[k]) for k, w in hf.state_dict().items())
+
+
+def test_an_exported_model_saves_and_loads_with_auto_model(tmp_path, tiny, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    _, ours = tiny
+    ours.to_transformers().save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert _relative_gap(ours, loaded, _passage(tokenizer, 64)) <= 1e-5
+
+
+def test_hidden_states_are_what_the_lm_head_reads(tiny):
+    hf, ours = tiny
+    ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = ours.hidden_states(ids)
+        assert torch.allclose(hidden, hf.transformer(ids).last_hidden_state, atol=1e-5)
+        assert torch.equal(ours.lm_head(hidden), ours(ids))
+
+
 # --- generation ----------------------------------------------------------------------------------
 
 

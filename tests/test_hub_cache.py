@@ -30,11 +30,12 @@ import json, warnings
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     from helpers.settings import get_settings
-    from helpers.models import load_model, load_tokenizer, resolve_model_source
+    from helpers.models import fit_block_size, load_model, load_tokenizer, resolve_model_source
     settings = get_settings()
     source = resolve_model_source()
     model, _ = load_model(source)
     tokenizer = load_tokenizer(source)
+    settings = fit_block_size(settings, model)  # what the training helpers do before they cut blocks
 print(json.dumps({
     "mode": settings.mode, "block_size": settings.block_size, "kind": source.kind, "location": source.location,
     "fallback_from": source.fallback_from, "warnings": [str(w.message) for w in caught],

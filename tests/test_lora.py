@@ -40,16 +40,6 @@ def logits(model, input_ids=None) -> torch.Tensor:
         return model(ids() if input_ids is None else input_ids).logits
 
 
-@pytest.fixture
-def fresh_accelerator():
-    """accelerate keeps one precision per process; the loop's default here may differ from other tests' "no"."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def peft_with_nonzero_b(base: GPT2LMHeadModel, seed: int = 2):
     """A peft adapter whose B is random (as after training), so the update is not zero."""
     model = get_peft_model(base, lora.lora_config(R, ALPHA)).eval()
@@ -152,7 +142,7 @@ def test_adapter_round_trip_and_its_size(tmp_path, random_gpt2):
     assert sum(t.numel() * t.element_size() for t in stored.values()) == lora.adapter_bytes(lora.wrapped_shapes(base), R)
 
 
-def test_training_moves_only_a_and_b(fresh_accelerator, random_gpt2):
+def test_training_moves_only_a_and_b(random_gpt2):
     base = random_gpt2(**LORA_SHAPE)
     model = lora.add_lora(copy.deepcopy(base), R, ALPHA)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -164,7 +154,7 @@ def test_training_moves_only_a_and_b(fresh_accelerator, random_gpt2):
     assert all(m.B.detach().any() for m in trained.modules() if isinstance(m, lora.LoRALayer))
 
 
-def test_a_trained_model_computes_in_fp32_again(fresh_accelerator, random_gpt2):
+def test_a_trained_model_computes_in_fp32_again(random_gpt2):
     """06 compares a trained adapter's logits to 1e-5: the loop's bf16 autocast must not stay on the model."""
     model = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA)
     blocks = np.random.default_rng(0).integers(0, 97, (16, 16)).astype(np.uint16)
@@ -195,7 +185,7 @@ def test_training_memory_leaves_the_model_as_it_was(random_gpt2):
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())
 
 
-def test_load_lora_trains_the_adapter_when_missing_and_loads_it_after(tmp_path, capsys, fresh_accelerator):
+def test_load_lora_trains_the_adapter_when_missing_and_loads_it_after(tmp_path, capsys):
     settings = make_settings("smoke", artifacts_dir=tmp_path)
     model, tokenizer, info = lora.load_lora(settings, progress=False)
     assert "training the adapter first" in capsys.readouterr().out
@@ -290,7 +280,8 @@ def test_exercise_checks_accept_independent_answers_and_refuse_wrong_ones(tmp_pa
 def test_notebook_solutions_pass_their_checks(capsys):
     nb = nbformat.read(NOTEBOOK_06, as_version=4)
     solutions = [c.source for c in nb.cells if "solution" in c.metadata.get("tags", [])]
-    assert len(solutions) == 3
-    for source in solutions:
+    assert len(solutions) == 5
+    # Exercises 1-3 stand alone; 4 and 5 train on the notebook's own models, so they run where it runs (nbval).
+    for source in solutions[:3]:
         exec(source, {})
         assert capsys.readouterr().out.startswith(exercises.CORRECT), source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 
@@ -156,3 +157,78 @@ def test_fused_gelu_leaves_other_activations_alone():
 
     assert models.with_fused_gelu(GPT2Config(activation_function="relu")).activation_function == "relu"
     assert models.with_fused_gelu(GPT2Config()).activation_function == models.FUSED_GELU
+
+
+def test_fit_block_size_crops_blocks_to_a_shorter_context(random_gpt2):
+    """gpu mode asks for 512-token blocks; a model with 256 positions (the tiny base) gets 256, with a warning."""
+    from transformers import GPT2Config
+
+    gpu = make_settings("gpu")
+    with pytest.warns(UserWarning, match="only 256 positions"):
+        fitted = models.fit_block_size(gpu, GPT2Config(n_positions=256))
+    assert fitted.block_size == 256 and fitted == dataclasses.replace(gpu, block_size=256)
+    model = random_gpt2(n_positions=128)
+    with pytest.warns(UserWarning):
+        assert models.fit_block_size(gpu, model).block_size == 128  # a model is read through its config
+
+
+def test_fit_block_size_keeps_blocks_that_fit():
+    from transformers import GPT2Config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for mode in ("smoke", "cpu", "gpu"):
+            settings = make_settings(mode)
+            assert models.fit_block_size(settings, GPT2Config(n_positions=1024)) is settings
+
+
+# --- load_pretrained: the one way a saved folder is loaded --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory, tokenizer, random_gpt2):
+    """What save_pretrained writes for a tiny random GPT-2, with its tokenizer beside it."""
+    folder = tmp_path_factory.mktemp("saved")
+    random_gpt2().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_load_pretrained_gives_transformers_model_and_the_saved_tokenizer(saved_folder, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model, loaded_tokenizer = models.load_pretrained(saved_folder)
+    reference = AutoModelForCausalLM.from_pretrained(saved_folder).eval()  # transformers' own loading, gelu_new
+    ids = torch.tensor([tokenizer("To be, or not to be").input_ids])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    assert loaded_tokenizer("To be, or not to be").input_ids == tokenizer("To be, or not to be").input_ids
+
+
+def test_load_pretrained_builds_the_class_the_config_names(tmp_path, tokenizer):
+    """08's classifier and every causal LM come through the same call."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, num_labels=3, pad_token_id=50256)
+                                  ).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = models.load_pretrained(tmp_path)
+    assert isinstance(model, GPT2ForSequenceClassification) and model.config.num_labels == 3
+
+
+def test_load_pretrained_names_what_is_missing(tmp_path, random_gpt2):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        models.load_pretrained(tmp_path)
+    random_gpt2().save_pretrained(tmp_path)  # weights, but no tokenizer beside them
+    with pytest.raises(FileNotFoundError, match=f"no tokenizer files .* in {tmp_path}"):
+        models.load_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="int8 .* CPU only"):
+        models.load_pretrained(tmp_path, device="cuda", int8=True)
+
+
+def test_load_pretrained_int8_serves_the_quantized_copy(saved_folder):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    model, _ = models.load_pretrained(saved_folder, int8=True)
+    assert any(isinstance(m, DynamicInt8Linear) for m in model.modules())

@@ -79,7 +79,9 @@ def test_colab_detection(monkeypatch):
 
 
 def test_environment_report_names_the_essentials():
-    report = runtime.environment_report()
+    from helpers.report import environment_report
+
+    report = environment_report()
     for key in ("python", "torch", "transformers", "mode", "device", "precision", "model source"):
         assert report[key]
     assert report["mode"] == "smoke"

@@ -26,11 +26,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from helpers import serving
 from helpers.deployment import CHAT_TEMPLATE, export_release, with_chat_template
 from helpers.models import tokenizer_dir
-from helpers.serving import ServingLimits, create_app, free_port, make_server
+from helpers.serving import ServingLimits, build_app, free_port, make_server
 from helpers.serving.cli import _bind
 from helpers.serving.engine import Request as EngineRequest
 from helpers.serving.engine import SamplingParams
-from helpers.serving.load import run_load
+from helpers.serving.load_generator import run_load
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -54,7 +54,7 @@ def model_dir(tmp_path_factory):
 # machine (a GPU's kernels and random generator give other, equally valid, samples).
 @pytest.fixture(scope="module")
 def client(model_dir):
-    with TestClient(create_app(model_dir, api_key=KEY, device="cpu")) as test_client:
+    with TestClient(build_app(model_dir, api_key=KEY, device="cpu")) as test_client:
         yield test_client
 
 
@@ -271,11 +271,11 @@ def test_chat_without_a_template_says_how_to_get_one(tmp_path, model_dir):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, n_positions=32)).save_pretrained(bare)
     AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(bare)
     body = {"model": "bare", "messages": MESSAGES, "max_tokens": 2}
-    with TestClient(create_app(bare, device="cpu")) as plain:
+    with TestClient(build_app(bare, device="cpu")) as plain:
         assert_openai_error(plain.post("/v1/chat/completions", json=body), 400, "--chat-template FILE")
     template = tmp_path / "chat.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}", encoding="utf-8")
-    with TestClient(create_app(bare, device="cpu", chat_template=str(template))) as templated:
+    with TestClient(build_app(bare, device="cpu", chat_template=str(template))) as templated:
         response = templated.post("/v1/chat/completions", json=body)
         assert response.status_code == 200, response.text
 
@@ -307,7 +307,7 @@ def test_generation_needs_the_key(client, path):
 
 
 def test_without_a_key_everything_is_open(model_dir):
-    with TestClient(create_app(model_dir, device="cpu")) as open_client:
+    with TestClient(build_app(model_dir, device="cpu")) as open_client:
         assert open_client.get("/v1/models").status_code == 200
         assert open_client.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}).status_code == 200
 
@@ -333,9 +333,12 @@ BAD_INPUTS = [
     ("missing-prompt", {"model": MODEL}, 400, "must provide a prompt parameter"),
     ("prompt-number", {**GOOD, "prompt": 42}, 400, "prompt must be a string"),
     ("prompt-object", {**GOOD, "prompt": {"text": "x"}}, 400, "prompt must be a string"),
-    ("prompt-batch", {**GOOD, "prompt": ["a", "b"]}, 400, "list of exactly one string"),
-    ("prompt-token-ids", {**GOOD, "prompt": [15496, 995]}, 400, "list of exactly one string"),
+    ("prompt-mixed-list", {**GOOD, "prompt": ["a", 5]}, 400, "a list of token ids or a list of token-id lists"),
+    ("prompt-empty-list", {**GOOD, "prompt": []}, 400, "prompt must be a string"),
+    ("prompt-token-id-too-big", {**GOOD, "prompt": [15496, 50257]}, 400, "prompt token id 50257 is outside"),
+    ("prompt-token-id-negative", {**GOOD, "prompt": [[-1]]}, 400, "prompt token id -1 is outside"),
     ("prompt-empty", {**GOOD, "prompt": ""}, 400, "prompt must not be empty"),
+    ("prompt-empty-in-list", {**GOOD, "prompt": ["a", ""]}, 400, "prompt must not be empty"),
     ("prompt-too-many-tokens", {**GOOD, "prompt": " the" * 130}, 400, "maximum context length is 128 tokens"),
     ("prompt-plus-completion", {**GOOD, "prompt": " the" * 100, "max_tokens": 40}, 400, "(100 in your prompt; 40"),
     ("body-too-large", {**GOOD, "prompt": "x" * 70_000}, 413, "larger than this server's limit of 65,536 bytes"),
@@ -350,7 +353,11 @@ BAD_INPUTS = [
     ("temperature-string", {**GOOD, "temperature": "hot"}, 400, "temperature: Input should be a valid number"),
     ("top-p-zero", {**GOOD, "top_p": 0}, 400, "top_p: Input should be greater than 0"),
     ("top-p-too-high", {**GOOD, "top_p": 1.5}, 400, "top_p: Input should be less than or equal to 1"),
-    ("n-two", {**GOOD, "n": 2}, 400, "n must be 1"),
+    ("n-zero", {**GOOD, "n": 0}, 400, "n: Input should be greater than or equal to 1"),
+    ("n-too-many", {**GOOD, "n": 65}, 400, "more than this server's limit of 64 choices"),
+    ("logprobs-too-many", {**GOOD, "logprobs": 6}, 400, "logprobs: Input should be less than or equal to 5"),
+    ("logprobs-stream", {**GOOD, "logprobs": 1, "stream": True}, 400, "logprobs with stream: true is not supported"),
+    ("echo-stream", {**GOOD, "echo": True, "stream": True}, 400, "echo with stream: true is not supported"),
     ("stop-number", {**GOOD, "stop": 5}, 400, "stop must be a string or a list of strings"),
     ("stop-mixed-list", {**GOOD, "stop": ["a", 1]}, 400, "stop must be a string or a list of strings"),
     ("stop-five", {**GOOD, "stop": list("abcde")}, 400, "at most 4 sequences"),
@@ -358,7 +365,9 @@ BAD_INPUTS = [
     ("stream-string", {**GOOD, "stream": "yes"}, 400, "stream: Input should be a valid boolean"),
     ("seed-negative", {**GOOD, "seed": -1}, 400, "seed: Input should be greater than or equal to 0"),
     ("seed-string", {**GOOD, "seed": "abc"}, 400, "seed: Input should be a valid integer"),
-    ("unknown-field", {**GOOD, "logprobs": 5}, 400, "Unrecognized request argument supplied: logprobs"),
+    ("unknown-field", {**GOOD, "best_of": 5}, 400, "Unrecognized request argument supplied: best_of"),
+    ("unsupported-options", {**GOOD, "presence_penalty": 0.5, "logit_bias": {"50256": -100}}, 400,
+     "Unrecognized request arguments supplied: presence_penalty, logit_bias (not supported here)"),
     ("stream-options-alone", {**GOOD, "stream_options": {"include_usage": True}}, 400, "only allowed with stream"),
     ("unknown-model", {**GOOD, "model": "gpt-4"}, 404, "The model `gpt-4` does not exist"),
 ]
@@ -376,6 +385,10 @@ BAD_CHATS = [
     ("chat-too-long", {**CHAT, "messages": [{"role": "user", "content": " the" * 130}]}, 400,
      "maximum context length is 128 tokens"),
     ("chat-max-completion-tokens-huge", {**CHAT, "max_completion_tokens": 10**6}, 400, "limit of 256"),
+    ("chat-top-logprobs-alone", {**CHAT, "top_logprobs": 2}, 400, "top_logprobs needs logprobs: true"),
+    ("chat-top-logprobs-too-many", {**CHAT, "logprobs": True, "top_logprobs": 21}, 400, "less than or equal to 20"),
+    ("chat-tools", {**CHAT, "tools": [], "tool_choice": "none"}, 400,
+     "Unrecognized request arguments supplied: tools, tool_choice"),
 ]
 
 
@@ -445,7 +458,7 @@ def test_a_failed_generation_step_is_a_json_500_and_the_engine_keeps_going(clien
 
 def test_generation_timeout_is_a_504_and_the_server_recovers(model_dir):
     limits = ServingLimits(generation_timeout_s=1e-6)  # any generation runs past this
-    with TestClient(create_app(model_dir, limits=limits, device="cpu")) as slow:
+    with TestClient(build_app(model_dir, limits=limits, device="cpu")) as slow:
         body = {"model": MODEL, "prompt": "Hello", "max_tokens": 50}
         error = assert_openai_error(slow.post("/v1/completions", json=body), 504,
                                     "did not finish within this server's limit", error_type="server_error")
@@ -461,30 +474,32 @@ def test_generation_timeout_is_a_504_and_the_server_recovers(model_dir):
 
 @contextmanager
 def engine_held(engine, prompt_ids: list[int]):
-    """A request that holds the engine's thread (its text callback blocks) until the block ends."""
-    release, started = threading.Event(), threading.Event()
+    """A request that holds the engine's thread (its forward pass blocks) until the block ends."""
+    release, started, forward = threading.Event(), threading.Event(), engine._forward
 
-    def deliver(kind, item):
-        if kind == "text":
-            started.set()
-            release.wait(WAIT_S)
+    def blocked_forward(*args, **kwargs):
+        started.set()
+        release.wait(WAIT_S)
+        return forward(*args, **kwargs)
 
-    held = EngineRequest(prompt_ids, SamplingParams(max_tokens=100, temperature=0.0), WAIT_S, deliver, stream=True)
-    engine.submit(held)
+    engine._forward = blocked_forward
+    held = EngineRequest(prompt_ids, SamplingParams(max_tokens=100, temperature=0.0), WAIT_S)
+    engine.submit([held])
     assert started.wait(WAIT_S)
     try:
         yield held
     finally:
         held.cancel()
+        del engine._forward
         release.set()
 
 
 def test_a_full_queue_answers_503_with_retry_after(model_dir):
-    app = create_app(model_dir, limits=ServingLimits(max_batch_size=1, max_queued=0), device="cpu")
+    app = build_app(model_dir, limits=ServingLimits(max_batch_size=2, max_queued=0), device="cpu")
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
     with TestClient(app) as client:
         with engine_held(app.state.engine, [15496]):
-            response = client.post("/v1/completions", json=body)
+            response = client.post("/v1/completions", json={**body, "n": 2})  # all of a request's choices, or none
             assert_openai_error(response, 503, "the server is busy", error_type="server_error")
             assert response.headers["retry-after"] == "1"
         assert client.post("/v1/completions", json=body).status_code == 200
@@ -541,7 +556,7 @@ SLOW_LIMITS = ServingLimits(header_timeout_s=0.5, body_timeout_s=0.5)
 @pytest.fixture
 def live(model_dir):
     """uvicorn in a thread, serving an app whose model takes 20 ms a step (so a client can leave mid-way)."""
-    app = create_app(model_dir, limits=SLOW_LIMITS, device="cpu")
+    app = build_app(model_dir, limits=SLOW_LIMITS, device="cpu")
     engine, forward = app.state.engine, app.state.engine._forward
 
     def slow_forward(*args, **kwargs):
@@ -666,17 +681,17 @@ def test_a_slow_body_gets_408_and_the_server_keeps_serving(live):
 
 def test_setup_errors_name_the_problem(tmp_path, model_dir):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        create_app(tmp_path / "missing")
+        build_app(tmp_path / "missing")
     bare = tmp_path / "bare"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, n_positions=16)).save_pretrained(bare)
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
-        create_app(bare)
+        build_app(bare)
     with pytest.raises(ValueError, match="max_tokens_cap must be >= 1"):
         ServingLimits(max_tokens_cap=0)
     with pytest.raises(ValueError, match="int8 dynamic quantization runs on the CPU only"):
-        create_app(model_dir, device="cuda", int8=True)
+        build_app(model_dir, device="cuda", int8=True)
     with pytest.raises(FileNotFoundError, match="neither a file nor a Jinja template"):
-        create_app(model_dir, chat_template="no-such-template.jinja")
+        build_app(model_dir, chat_template="no-such-template.jinja")
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -709,3 +724,22 @@ def test_help_describes_the_service(capsys):
         serving.main(["--help"])
     assert exit_info.value.code == 0
     assert "--max-batch-size" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the chat page
+
+
+def test_the_chat_page_is_one_offline_file_pinned_by_its_csp(client):
+    import base64
+    import hashlib
+    import re
+
+    page = client.get("/")  # no key: the page asks for it, the API checks it
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = dict(rule.split(" ", 1) for rule in page.headers["content-security-policy"].split("; "))
+    (script,) = re.findall(r"<script>(.*?)</script>", page.text, flags=re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert policy["script-src"] == f"'sha256-{digest}'" and policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'" and policy["img-src"] == "'none'"
+    assert not re.search(r"(src|href)=\"?(https?:)?//", page.text)  # nothing fetched from elsewhere
+    assert "innerHTML" not in script and "textContent" in script

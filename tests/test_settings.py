@@ -68,3 +68,18 @@ def test_paths_point_into_the_repository():
     assert (s.repo_root / "pyproject.toml").is_file()
     assert s.data_dir == s.repo_root / "data"
     assert s.artifacts_dir == s.repo_root / "artifacts"
+
+
+def test_reading_the_settings_touches_neither_the_network_nor_a_model(tmp_path):
+    """gpu mode, hub not offline: get_settings must not resolve, download or open a model (issue 30)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys; from helpers.settings import get_settings; s = get_settings(); "
+             "print(s.mode, s.block_size, sorted(m for m in ('helpers.models', 'huggingface_hub', 'transformers', 'torch') "
+             "if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "COURSE_MODEL")}
+    env.update(COURSE_MODE="gpu", PYTHONPATH=str(settings.REPO_ROOT), HF_HOME=str(tmp_path))  # an empty hub cache
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split(maxsplit=2) == ["gpu", "512", "[]\n"]

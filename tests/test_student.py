@@ -25,6 +25,7 @@ import pytest
 
 import helpers
 from helpers.exercises import NOT_DONE
+from helpers.settings import REPO_ROOT
 from tools.course import notebook_paths
 from tools.student import (
     EXERCISE_TAG,
@@ -35,6 +36,7 @@ from tools.student import (
     stub_source,
     student_notebook,
 )
+from tools.student import main as student_main
 
 EXECUTED = "01_mse_and_gradient_descent.ipynb"  # five stubs and no model or data: seconds in smoke mode
 NOTEBOOKS = notebook_paths()
@@ -293,3 +295,39 @@ def test_a_student_notebook_runs_top_to_bottom(student_dir, tmp_path, monkeypatc
             printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
             if "check_" in cell.source:
                 assert NOT_DONE in printed, f"{EXECUTED}: {cell.source!r} printed {printed!r}"
+
+
+# --- the learner's path: make lab opens the student build, make teach the teacher's copy ---------
+
+
+def _make_recipe(target: str) -> list[str]:
+    lines = (REPO_ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_make_lab_opens_the_student_build_and_make_teach_the_solutions():
+    lab, teach = _make_recipe("lab"), _make_recipe("teach")
+    assert lab[0] == "$(PY) -m tools.student --if-missing" and lab[-1].endswith("jupyter lab build/student/")
+    assert teach[-1].endswith("jupyter lab notebooks/")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    to_learn = readme[readme.index("To learn") :].split("\n## ", 1)[0]
+    assert "make lab" in to_learn and "build/student/" in to_learn and "make teach" in to_learn
+
+
+def test_the_learners_build_is_made_once_and_never_overwrites_answers(tmp_path, capsys):
+    out = tmp_path / "student"
+    assert student_main(["--out", str(out), "--if-missing"]) == 0
+    first = sorted(out.glob("*.ipynb"))
+    assert [p.name for p in first] == [p.name for p in NOTEBOOKS]
+    first[0].write_text("my answers", encoding="utf-8")  # a learner's work
+    assert student_main(["--out", str(out), "--if-missing"]) == 0
+    assert first[0].read_text(encoding="utf-8") == "my answers"
+    assert "keeping the student notebooks" in capsys.readouterr().out
+    assert student_main(["--out", str(out)]) == 0  # make student: a fresh build
+    assert first[0].read_text(encoding="utf-8") != "my answers"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from helpers.runtime import cpu_supports_bf16
 from helpers.serving.cli import free_port
 from helpers.training import (
     TrainConfig,
@@ -178,6 +179,30 @@ def test_random_states_survive_a_weights_only_round_trip(tmp_path):
 def test_empty_data_is_a_clear_error(random_gpt2):
     with pytest.raises(ValueError, match="empty"):
         train(random_gpt2(**TRAINING_SHAPE), np.zeros((0, 16), dtype=np.uint16), None, config(), progress=False)
+
+
+def test_train_runs_twice_in_one_process_in_different_precisions(blocks, random_gpt2):
+    """bf16 then fp32 (fp32 twice on a CPU without native bf16): each run gets the precision it asks for."""
+    from accelerate.state import AcceleratorState
+
+    batch = torch.from_numpy(blocks[1][:2].astype(np.int64))
+    for precision in ("bf16" if cpu_supports_bf16() else "no", "no"):
+        result = train(random_gpt2(**TRAINING_SHAPE), *blocks, config(num_steps=2, mixed_precision=precision),
+                       progress=False)
+        assert AcceleratorState().mixed_precision == precision
+        assert len(result.history) == 2
+        assert result.model(batch).logits.dtype == torch.float32  # no autocast left on the returned model
+
+
+def test_train_sets_its_precision_whatever_ran_before(blocks, random_gpt2):
+    """What transformers.Trainer leaves behind after a bf16 run (05, bench) must not decide the next run."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # whatever earlier tests left
+    Accelerator(mixed_precision="bf16", cpu=True)
+    train(random_gpt2(**TRAINING_SHAPE), *blocks, config(num_steps=1), progress=False)
+    assert AcceleratorState().mixed_precision == "no"
 
 
 @pytest.mark.slow

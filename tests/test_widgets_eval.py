@@ -156,15 +156,44 @@ def test_exercise_checks_reject_wrong_answers_with_a_hint(capsys):
     assert out.count(exercises.WRONG) == 3 and exercises.NOT_DONE in out and "Hint" in out, out
 
 
-def test_bits_per_byte_check_accepts_the_harness_formula_and_rejects_characters_or_log2(capsys):
-    exercises.check_bits_per_byte(lambda nll, text: nll / math.log(2) / len(text.encode("utf-8")))
-    exercises.check_bits_per_byte(lambda nll, text: nll / math.log(2) / len(text))  # characters, not bytes
-    exercises.check_bits_per_byte(lambda nll, text: nll / len(text.encode("utf-8")))  # nats, not bits
-    exercises.check_bits_per_byte(lambda nll, text: 1 / 0)
-    exercises.check_bits_per_byte(None)
+def test_early_stop_check_accepts_the_rule_and_rejects_near_misses(capsys):
+    def right(valid, patience):  # written from the exercise's statement
+        best, waited = None, 0
+        for step, loss in valid:
+            if best is None or loss < best[1]:
+                best, waited = (step, loss), 0
+            elif (waited := waited + 1) >= patience:
+                break
+        return best[0]
+
+    exercises.check_early_stop(right)
+    exercises.check_early_stop(lambda valid, patience: min(valid, key=lambda p: p[1])[0])  # never stops early
+    exercises.check_early_stop(lambda valid, patience: valid[-1][0])  # the last checkpoint
+    exercises.check_early_stop(lambda valid, patience: 1 / 0)
+    exercises.check_early_stop(None)
     out = capsys.readouterr().out
     assert out.count(exercises.CORRECT) == 1 and out.count(exercises.WRONG) == 3 and exercises.NOT_DONE in out, out
     assert "ZeroDivisionError" in out and "Hint" in out
+
+
+def test_open_experiment_checks_read_properties_of_the_outcome(capsys):
+    from helpers.evaluation import Interval, chunk_tokens
+
+    ids = torch.zeros(4096, dtype=torch.long)
+    good = {1024: (len(chunk_tokens(ids, 1024)), Interval(-0.2, -0.3, -0.1)), 256: (len(chunk_tokens(ids, 256)),
+                                                                                   Interval(-0.2, -0.25, -0.15))}
+    exercises.check_chunk_experiment(good, 512, 4096)
+    exercises.check_chunk_experiment({1024: good[1024]}, 512, 4096)  # one length missing
+    exercises.check_chunk_experiment({**good, 256: (3, good[256][1])}, 512, 4096)  # wrong number of chunks
+    summary = [{"strategy": s, "distinct_1": 0.5, "distinct_2": d, "repetition_rate": 0.1} for s, d in (("a", 0.4), ("b", 0.9))]
+    exercises.check_temperature_experiment(summary, {"a": {}, "b": {}})
+    exercises.check_temperature_experiment(summary[:1], {"a": {}, "b": {}})
+    rows = [{"group": g, "difference": 0.0 if g == "king" else d} for d in (-1.0, -1.1) for g in ("king", "queen")]
+    exercises.check_bias_experiment({"rows": rows}, ("king", "queen"))
+    exercises.check_bias_experiment({"rows": rows}, ("man", "woman"))
+    out = capsys.readouterr().out
+    assert out.count(exercises.CORRECT) == 3 and out.count(exercises.WRONG) == 4, out
+    assert "mostly an offset" in out
 
 
 # ---------------------------------------------------------------- the static figure of the playground

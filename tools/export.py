@@ -27,7 +27,8 @@ notebook, not this file (``tests/test_gpt.py`` fails while the two differ).
 
 Reads like nanoGPT's ``model.py``: the configuration, attention, the MLP, the block, the model
 (with :meth:`GPT.from_transformers`, which loads the weights of a transformers
-``GPT2LMHeadModel``), then sampling, :func:`generate` and the :class:`KVCache`.
+``GPT2LMHeadModel``, and :meth:`GPT.to_transformers`, the way back, which notebook 04 uses),
+then sampling, :func:`generate` and the :class:`KVCache`.
 """'''
 
 # notebook (under notebooks/) -> (module under helpers/, the module's header)

@@ -168,7 +168,7 @@ def bench_generation(report: Report, device: torch.device, tiny_base: Path, work
     service's throughput. The tokenizer is the tiny base's (GPT-2's), the same vocabulary.
     """
     from helpers.serving.cli import start_background
-    from helpers.serving.load import run_load
+    from helpers.serving.load_generator import run_load
 
     model_dir = work / "random-gpt2"
     training_model(dry_run, vocab_size=GPT2Config().vocab_size).save_pretrained(model_dir)
@@ -192,9 +192,11 @@ def bench_generation(report: Report, device: torch.device, tiny_base: Path, work
 
 def resolve_notebook_settings(report: Report, tiny_base: Path) -> None:
     """Dry run of step 5: what every notebook would use in gpu mode, resolved in a fresh process."""
-    probe = ("import json; from helpers.settings import get_settings; from helpers.models import resolve_model_source, "
-             "context_length; s = get_settings(); src = resolve_model_source(); print(json.dumps({'mode': s.mode, "
-             "'model': src.kind, 'context': context_length(src), 'block_size': s.block_size, 'batch_size': s.batch_size, "
+    probe = ("import json; from transformers import AutoConfig; from helpers.settings import get_settings; "
+             "from helpers.models import fit_block_size, resolve_model_source; src = resolve_model_source(); "
+             "config = AutoConfig.from_pretrained(src.location); s = fit_block_size(get_settings(), config); "
+             "print(json.dumps({'mode': s.mode, "
+             "'model': src.kind, 'context': config.n_positions, 'block_size': s.block_size, 'batch_size': s.batch_size, "
              "'grad_accum_steps': s.grad_accum_steps, 'num_steps': s.num_steps, 'eval_tokens': s.eval_tokens}))")
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], cwd=REPO_ROOT, env=notebook_env(tiny_base),
                           capture_output=True, text=True, timeout=300)

@@ -15,9 +15,14 @@ training novels only) is put on that pool: Good-Turing-style smoothing for unsee
 Because the rows are truly zero, the loss below is exactly the full 50,257-way softmax of
 the saved model, computed over the seen rows plus one pooled term (3.4x cheaper).
 
+The recipe itself (data, shape, optimizer, schedule, clipping, the pooled loss) is
+``helpers/pretraining.py``, the same module notebook 04 trains the learner's GPT with; the
+defaults below are its :data:`helpers.pretraining.SHIPPED` sizes, so a run without flags remakes
+the shipped base. This script adds what a long run needs: resuming, logging, evaluation, the card.
+
 Usage (about an hour on a 2-core CPU; resumable, checkpoints go to artifacts/pretrain/):
 
-    python -m tools.pretrain_tiny_base --steps 6000 --threads 2
+    python -m tools.pretrain_tiny_base
 """
 
 from __future__ import annotations
@@ -30,8 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,69 +43,58 @@ sys.path.insert(0, str(REPO))
 from helpers.atomic import build_folder, write_text_atomic  # noqa: E402
 from helpers.evaluation import sliding_window_nll  # noqa: E402
 from helpers.models import tokenizer_dir  # noqa: E402
+from helpers.pretraining import (  # noqa: E402
+    HELD_OUT,
+    SHIPPED,
+    Corpus,
+    Recipe,
+    initial_model,
+    load_corpus,
+    optimizer_and_scheduler,
+    random_batch,
+    train_step,
+    unseen_mask,
+)
 from helpers.runtime import set_seed  # noqa: E402
 from helpers.training import (  # noqa: E402
     CHECKPOINT_KEYS,
     capture_rng_state,
     load_latest_checkpoint,
-    make_optimizer,
-    make_scheduler,
     restore_rng_state,
     save_checkpoint,
 )
 
-AUSTEN = REPO / "data" / "raw" / "austen"
-HELD_OUT = "persuasion.txt"
 SHAKESPEARE_PROBE = REPO / "data" / "raw" / "shakespeare" / "hamlet.txt"
 OUT = REPO / "data" / "models" / "tiny-gpt2-base"
 CHECKPOINTS = REPO / "artifacts" / "pretrain"  # step-XXXXXX/ folders, as helpers.training writes them
 CHECKPOINT_EXTRAS = ("generator", "elapsed")  # what this script saves beyond helpers.training's keys
-VALID_FRACTION = 0.05  # the last 5% of each training novel, for monitoring only
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=SHIPPED.num_steps)
+    p.add_argument("--layers", type=int, default=SHIPPED.n_layer)
+    p.add_argument("--width", type=int, default=SHIPPED.n_embd)
+    p.add_argument("--heads", type=int, default=SHIPPED.n_head)
+    p.add_argument("--block-size", type=int, default=SHIPPED.block_size)
+    p.add_argument("--batch-size", type=int, default=SHIPPED.batch_size)
+    p.add_argument("--lr", type=float, default=SHIPPED.lr)
+    p.add_argument("--warmup", type=int, default=SHIPPED.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=SHIPPED.weight_decay)
+    p.add_argument("--dropout", type=float, default=SHIPPED.dropout)
+    p.add_argument("--seed", type=int, default=SHIPPED.seed)
+    p.add_argument("--threads", type=int, default=1, help="the shipped base was made on 1 thread")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--card-only", action="store_true", help="rewrite README.md from training_metrics.json and exit")
     return p.parse_args()
 
 
-def tokenize_novels(tokenizer) -> dict[str, list[int]]:
-    return {p.name: tokenizer(p.read_text(encoding="utf-8").strip()).input_ids for p in sorted(AUSTEN.glob("*.txt"))}
-
-
-def unseen_rate_leave_one_out(train: dict[str, list[int]]) -> float:
-    """Token-weighted share of each training novel's tokens that the other novels never use."""
-    unseen, total = 0, 0
-    for name, ids in train.items():
-        others = {t for other, o in train.items() if other != name for t in o}
-        unseen += sum(t not in others for t in ids)
-        total += len(ids)
-    return unseen / total
-
-
-def pooled_loss(model, inputs, targets, seen_ids, target_index, log_num_unseen, smoothing):
-    """Cross-entropy of the full-vocabulary softmax whose unseen rows are zero (see module doc)."""
-    hidden = model.transformer(inputs).last_hidden_state  # (B, T, C)
-    seen_logits = hidden @ model.transformer.wte.weight[seen_ids].T  # (B, T, V_seen)
-    pool_logit = torch.full_like(seen_logits[..., :1], log_num_unseen)  # n_unseen tokens with logit 0
-    log_probs = torch.cat([seen_logits, pool_logit], dim=-1).log_softmax(-1).flatten(0, 1)
-    nll = F.nll_loss(log_probs, target_index[targets].flatten())
-    pool_nll = -log_probs[:, -1].mean()
-    return (1 - smoothing) * nll + smoothing * pool_nll, nll
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The recipe this command line runs (its defaults: :data:`helpers.pretraining.SHIPPED`)."""
+    return Recipe(num_steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, n_layer=args.layers,
+                  n_embd=args.width, n_head=args.heads, lr=args.lr, warmup_steps=args.warmup,
+                  weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed)
 
 
 def write_card(metrics: dict, folder: Path = OUT) -> None:
@@ -177,33 +170,19 @@ novels. License: MIT (the weights); the training texts are public domain.
     write_text_atomic(folder / "README.md", card)
 
 
-def load_texts(tokenizer) -> dict:
-    """Train/valid streams of the five novels, the held-out one, and the seen-token bookkeeping."""
-    eos = tokenizer.eos_token_id
-    novels = tokenize_novels(tokenizer)
-    held_out = novels.pop(HELD_OUT)
-    smoothing = unseen_rate_leave_one_out(novels)
-    train_ids, valid_ids = [], []
-    for ids in novels.values():
-        cut = int(len(ids) * (1 - VALID_FRACTION))
-        train_ids += ids[:cut] + [eos]
-        valid_ids += ids[cut:] + [eos]
-    seen_ids = torch.tensor(sorted(set(train_ids)))
-    target_index = torch.full((len(tokenizer),), -1, dtype=torch.long)
-    target_index[seen_ids] = torch.arange(len(seen_ids))
-    texts = {"train": torch.tensor(train_ids), "valid": torch.tensor(valid_ids), "held_out": held_out,
-             "seen_ids": seen_ids, "target_index": target_index, "smoothing": smoothing,
-             "num_unseen": len(tokenizer) - len(seen_ids)}
-    print(f"train {len(texts['train']):,} tokens, valid {len(texts['valid']):,}, held out ({HELD_OUT}) {len(held_out):,}")
-    print(f"seen token types {len(seen_ids):,}, unseen {texts['num_unseen']:,}, unseen-pool target {smoothing:.4f}")
-    return texts
+def load_texts(tokenizer) -> Corpus:
+    """The recipe's corpus (``helpers.pretraining.load_corpus``), with its sizes printed."""
+    corpus = load_corpus(tokenizer)
+    print(f"train {len(corpus.train):,} tokens, valid {len(corpus.valid):,}, held out ({HELD_OUT}) {len(corpus.held_out):,}")
+    print(f"seen token types {len(corpus.seen_ids):,}, unseen {corpus.num_unseen:,}, "
+          f"unseen-pool target {corpus.smoothing:.4f}")
+    return corpus
 
 
-def train_model(args: argparse.Namespace, model, texts: dict) -> tuple[list[dict], float]:
+def train_model(args: argparse.Namespace, model, texts: Corpus) -> tuple[list[dict], float]:
     """The training loop, resumed from the newest good checkpoint; returns the history and the minutes."""
-    train, valid, seen_ids, target_index = texts["train"], texts["valid"], texts["seen_ids"], texts["target_index"]
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    scheduler = make_scheduler(optimizer, args.warmup, args.steps)
+    recipe = recipe_from_args(args)
+    optimizer, scheduler = optimizer_and_scheduler(model, recipe)
     generator = torch.Generator().manual_seed(args.seed)
     step, elapsed, history = 0, 0.0, []
     found = load_latest_checkpoint(CHECKPOINTS, required=CHECKPOINT_KEYS + CHECKPOINT_EXTRAS)
@@ -219,21 +198,12 @@ def train_model(args: argparse.Namespace, model, texts: dict) -> tuple[list[dict
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
 
     model.train()
-    log_num_unseen = math.log(texts["num_unseen"])
     window = []
     t0 = time.perf_counter() - elapsed
     while step < args.steps:
-        starts = torch.randint(0, len(train) - args.block_size - 1, (args.batch_size,), generator=generator)
-        chunk = torch.stack([train[s : s + args.block_size + 1] for s in starts])
-        loss, nll = pooled_loss(model, chunk[:, :-1], chunk[:, 1:], seen_ids, target_index, log_num_unseen,
-                                texts["smoothing"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        batch = random_batch(texts.train, args.batch_size, args.block_size, generator)
+        window.append(train_step(model, batch, optimizer, scheduler, texts, recipe.grad_clip))
         step += 1
-        window.append(nll.item())
         if step % 50 == 0:
             mean = sum(window) / len(window)
             window = []
@@ -242,7 +212,7 @@ def train_model(args: argparse.Namespace, model, texts: dict) -> tuple[list[dict
                   f"  {tok_s:,.0f} tok/s  {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
             history.append({"step": step, "train_nll": mean})
         if step % args.eval_every == 0 or step == args.steps:
-            v = sliding_window_nll(model, valid, args.block_size, args.block_size // 2, batch_size=16)  # restores train mode
+            v = sliding_window_nll(model, texts.valid, args.block_size, args.block_size // 2, batch_size=16)  # restores train mode
             print(f"step {step:5d}  valid ppl {v.perplexity:.1f}", flush=True)
             history[-1]["valid_ppl"] = v.perplexity
         if step % args.checkpoint_every == 0 or step == args.steps:
@@ -263,7 +233,7 @@ def evaluate_and_save(args: argparse.Namespace, model, tokenizer, texts: dict, h
         tokenizer.save_pretrained(folder)
         reloaded = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32)
         ctx, stride = args.block_size, args.block_size // 2
-        held_out, valid = texts["held_out"], texts["valid"]
+        held_out, valid = texts.held_out, texts.valid
         held = sliding_window_nll(reloaded, torch.tensor(held_out), ctx, stride, batch_size=16)
         shuffled = torch.tensor(held_out)[torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))]
         held_shuffled = sliding_window_nll(reloaded, shuffled, ctx, stride, batch_size=16)
@@ -279,8 +249,8 @@ def evaluate_and_save(args: argparse.Namespace, model, tokenizer, texts: dict, h
             "persuasion_ppl": held.perplexity, "persuasion_shuffled_ppl": held_shuffled.perplexity,
             "hamlet_ppl": shakespeare.perplexity,
             "eval_context": ctx, "eval_stride": stride,
-            "train_tokens": len(texts["train"]), "valid_tokens": len(valid), "persuasion_tokens": len(held_out),
-            "seen_token_types": len(texts["seen_ids"]), "unseen_pool_target": texts["smoothing"],
+            "train_tokens": len(texts.train), "valid_tokens": len(valid), "persuasion_tokens": len(held_out),
+            "seen_token_types": len(texts.seen_ids), "unseen_pool_target": texts.smoothing,
             "args": vars(args), "history": history,
         }
         (folder / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
@@ -297,20 +267,10 @@ def main() -> None:
     set_seed(args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
-    eos = tokenizer.eos_token_id
     texts = load_texts(tokenizer)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=args.block_size, n_embd=args.width, n_layer=args.layers,
-        n_head=args.heads, resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
-        bos_token_id=eos, eos_token_id=eos,
-    )
-    model = GPT2LMHeadModel(config)
-    unseen_mask = torch.ones(len(tokenizer), dtype=torch.bool)
-    unseen_mask[texts["seen_ids"]] = False
-    with torch.no_grad():
-        model.transformer.wte.weight[unseen_mask] = 0.0
+    model = initial_model(recipe_from_args(args), texts, len(tokenizer), tokenizer.eos_token_id)
     history, wall_minutes = train_model(args, model, texts)
-    assert torch.all(model.transformer.wte.weight[unseen_mask] == 0), "unseen rows must stay exactly zero"
+    assert torch.all(model.transformer.wte.weight[unseen_mask(texts)] == 0), "unseen rows must stay exactly zero"
     metrics = evaluate_and_save(args, model, tokenizer, texts, history, wall_minutes)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "args")}, indent=1))
 

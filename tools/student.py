@@ -15,8 +15,11 @@ call on a name set to ``None``), the solution cell is simply removed. Student no
 no outputs at all: learners run them. Relative links (``../GLOSSARY.md``) are rewritten so they
 still resolve from ``build/student/``.
 
-No notebook calls this module: it is the build behind ``make student``, for workshops, and
-``tests/test_student.py`` checks it. ``python -m tools.student --out DIR`` writes elsewhere.
+No notebook calls this module: it is the build behind ``make student`` (workshops) and ``make lab``
+(the learner's path in the README: JupyterLab opens the student build, built once with
+``--if-missing`` so a learner's answers are never overwritten; ``make teach`` opens the teacher's
+``notebooks/`` with every solution), and ``tests/test_student.py`` checks it.
+``python -m tools.student --out DIR`` writes elsewhere.
 """
 
 from __future__ import annotations
@@ -217,7 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.student", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, metavar="DIR", help=f"where to write the build (default: {STUDENT_DIR})")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="build only when the folder does not exist yet (make lab: a learner's answers are kept)")
     args = parser.parse_args(argv)
+    out = Path(args.out or get_settings().repo_root / STUDENT_DIR)
+    if args.if_missing and out.is_dir():
+        print(f"keeping the student notebooks in {out} (your answers); `make student` rebuilds them from scratch")
+        return 0
     try:
         written = build_student(out_dir=args.out)
     except (StubError, FileNotFoundError) as error:

@@ -18,8 +18,11 @@ from helpers.exercises.nb00_setup import *  # noqa: F403
 from helpers.exercises.nb01_mse_and_gradient_descent import *  # noqa: F403
 from helpers.exercises.nb02_data_preparation import *  # noqa: F403
 from helpers.exercises.nb03_inside_gpt2 import *  # noqa: F403
+from helpers.exercises.nb04_pretraining import *  # noqa: F403
 from helpers.exercises.nb05_finetuning_gpt2 import *  # noqa: F403
 from helpers.exercises.nb06_lora import *  # noqa: F403
 from helpers.exercises.nb07_evaluation import *  # noqa: F403
+from helpers.exercises.nb08_sentiment import *  # noqa: F403
+from helpers.exercises.nb09_assistant import *  # noqa: F403
 from helpers.exercises.nb10_deployment import *  # noqa: F403
 from helpers.exercises.nb11_iteration import *  # noqa: F403

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.exercises.core import _check
+from helpers.exercises.core import CORRECT, NOT_DONE, WRONG, _check
 
 LORA_FORWARD_EXERCISE = dict(
     x=((1.0, 2.0, 0.0), (0.5, -1.0, 3.0)),  # 2 tokens of d_in = 3 numbers
@@ -65,3 +65,60 @@ def check_adapter_bytes(answer) -> None:
         "bytes of one fp32 number.",
         atol=0.5,
     )
+
+
+def check_lr_experiment(answer, lr: float, num_steps: int, lora_history) -> None:
+    """Exercise 4 of ``06_lora.ipynb``: the history of a short LoRA run at 05's learning rate ``lr``.
+
+    Checks properties of the outcome: ``num_steps`` steps, a learning rate that peaks at ``lr``,
+    validation losses recorded; then compares its last validation loss with ``lora_history``
+    (the same short run at LoRA's rate) and says which was lower.
+    """
+    name = "LoRA at 05's learning rate"
+    if answer is None or answer is Ellipsis:
+        print(f"{NOT_DONE}: {name}")
+        return
+    hint = ("train a fresh add_lora(copy.deepcopy(base_model), r, alpha) with short_config's steps and warmup but "
+            "lr=settings.lr, and pass the run's .history.")
+    try:
+        peak = max(row["lr"] for row in answer)
+        valid = [row["valid_loss"] for row in answer if "valid_loss" in row]
+        steps = len(answer)
+    except (TypeError, KeyError):
+        print(f"{WRONG}: {name}: expected a training history (a list of dicts from train(...).history). Hint: {hint}")
+        return
+    if steps != num_steps or not valid or not abs(peak - lr) <= 1e-3 * lr:
+        print(f"{WRONG}: {name}: expected {num_steps} steps peaking at lr {lr:g} with validation losses; got {steps} "
+              f"steps peaking at {peak:g}. Hint: {hint}")
+        return
+    theirs = [row["valid_loss"] for row in lora_history if "valid_loss" in row][-1]
+    lower = "lower" if valid[-1] < theirs else "higher"
+    print(f"{CORRECT}: {name}: last validation loss {valid[-1]:.3f}, {lower} than {theirs:.3f} at LoRA's rate "
+          "after the same steps")
+
+
+def check_attention_only(model, r: int) -> None:
+    """Exercise 5 of ``06_lora.ipynb``: ``model`` wrapped by ``add_lora`` on the attention projections only.
+
+    Checks the outcome's properties: the trainable numbers are the formula's for c_attn and
+    attn.c_proj of every block, and every trainable tensor is an ``A`` or ``B`` inside ``attn``.
+    """
+    name = "LoRA on the attention projections only"
+    if model is None or model is Ellipsis:
+        print(f"{NOT_DONE}: {name}")
+        return
+    hint = 'wrap a fresh copy of the base with add_lora(..., r, alpha, targets=("attn.c_attn", "attn.c_proj")).'
+    try:
+        trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+        config = model.config
+    except AttributeError:
+        print(f"{WRONG}: {name}: expected the wrapped model. Hint: {hint}")
+        return
+    d, layers = config.n_embd, config.n_layer
+    expected = layers * r * ((d + 3 * d) + (d + d))
+    outside = [n for n in trainable if ".attn." not in n or not n.endswith((".A", ".B"))]
+    if outside or sum(trainable.values()) != expected:
+        print(f"{WRONG}: {name}: {sum(trainable.values()):,} trainable numbers (expected {expected:,})"
+              + (f"; trainable outside attention: {outside[:2]}" if outside else "") + f". Hint: {hint}")
+        return
+    print(f"{CORRECT}: {name}: {expected:,} trainable numbers, all in the attention's A and B")

@@ -25,12 +25,14 @@ import uvicorn
 from transformers.utils import logging as transformers_logging
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from helpers.serving.app import ServingLimits, create_app
+from helpers.serving.app import build_app
+from helpers.serving.limits import ServingLimits
 
 logger = logging.getLogger("helpers.serving")
 
 API_KEY_ENV = "COURSE_API_KEY"
-DESCRIPTION = "An OpenAI-compatible completion and chat service for a released model, with continuous batching."
+DESCRIPTION = ("An OpenAI-compatible completion and chat service (with a chat page at /) for a released model, with "
+               "continuous batching; or a /v1/classify service for a sequence classifier.")
 
 
 class HeaderTimeoutH11Protocol(H11Protocol):
@@ -131,13 +133,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind: type, low: float, high: float | None = None, what: str = "a number"):
+def _number(kind: type, low: float | None = None, high: float | None = None, what: str = "a number"):
+    """An argparse type: ``kind(text)``, within ``low``..``high`` when given (the limits check their own)."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if value < low or (high is not None and value > high) or (kind is float and not math.isfinite(value)):
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if low is not None and (value < low or (high is not None and value > high)):
             raise argparse.ArgumentTypeError(f"{text} is out of range: use {low:g} to {high:g}" if high is not None
                                              else f"{text} is out of range: use a value of at least {low:g}")
         return value
@@ -148,7 +154,9 @@ def _number(kind: type, low: float, high: float | None = None, what: str = "a nu
 def _parser() -> argparse.ArgumentParser:
     limits = ServingLimits()
     parser = _Parser(prog="python -m helpers.serving", description=DESCRIPTION)
-    parser.add_argument("--model", required=True, help="release folder (written by export_release)")
+    parser.add_argument("--model", required=True, help="release folder (written by export_release): a causal LM "
+                                                       "(completions, chat, the page at /) or a sequence classifier "
+                                                       "(/v1/classify), told apart by its config")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=_number(int, 1, 65535, "a port number"), default=8000,
                         help="TCP port (default: 8000)")
@@ -162,13 +170,13 @@ def _parser() -> argparse.ArgumentParser:
                                                 "(default: the release's own)")
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--int8", action="store_true", help="serve an int8 dynamic-quantized copy (CPU)")
-    parser.add_argument("--max-batch-size", type=_number(int, 1, what="a whole number"),
+    parser.add_argument("--max-batch-size", type=_number(int, what="a whole number"),
                         default=limits.max_batch_size,
                         help=f"requests decoded together; 1 serves one at a time (default: {limits.max_batch_size})")
-    parser.add_argument("--max-tokens-cap", type=_number(int, 1, what="a whole number"),
+    parser.add_argument("--max-tokens-cap", type=_number(int, what="a whole number"),
                         default=limits.max_tokens_cap,
                         help=f"the largest max_tokens a request may ask for (default: {limits.max_tokens_cap})")
-    parser.add_argument("--timeout", type=_number(float, 1e-3), default=limits.generation_timeout_s,
+    parser.add_argument("--timeout", type=_number(float), default=limits.generation_timeout_s,
                         help=f"seconds a request may take, queue included (default: {limits.generation_timeout_s:g})")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                                default_max_tokens=min(ServingLimits.default_max_tokens, args.max_tokens_cap),
                                max_batch_size=args.max_batch_size)
         sock = _bind(args.host, args.port)
-        app = create_app(args.model, api_key=args.api_key, limits=limits, model_id=args.model_id,
+        app = build_app(args.model, api_key=args.api_key, limits=limits, model_id=args.model_id,
                          tokenizer_dir=args.tokenizer, device=args.device, int8=args.int8,
                          chat_template=args.chat_template, adapter_dir=args.adapter)
     except (OSError, ValueError, RuntimeError) as error:  # FileNotFoundError is an OSError

@@ -19,15 +19,15 @@ gets (up to float rounding: a batched matrix product may sum in another order).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from helpers.serving.chat import end_of_turn_id
+from helpers.serving.limits import DEFAULT_LIMITS, ServingLimits
 from helpers.serving.metrics import ServingMetrics, new_metrics
 
 logger = logging.getLogger("helpers.serving")
@@ -46,17 +48,34 @@ GREEDY_BELOW = 1e-5
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one request wants its tokens chosen, and when to stop. Introduced in ``10_deployment.ipynb``."""
+    """How one request wants its tokens chosen, and when to stop. Introduced in ``10_deployment.ipynb``.
+
+    ``logprobs``: how many alternatives to report beside each chosen token's log-probability
+    (``None``: no log-probabilities); ``prompt_logprobs``: report the prompt's own tokens too
+    (``echo`` with ``logprobs``). Log-probabilities are the model's own (log-softmax of its logits,
+    before temperature or top-p), as vLLM reports them.
+    """
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability, and the ``top`` most likely tokens at its position (id, log-probability)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -68,38 +87,97 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
-    token_ids: list[int]  # the generated tokens (an end-of-text token not included)
+    token_ids: list[int]  # the generated tokens (an end-of-text or end-of-turn token not included)
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token (the first: None)
 
 
 class Request:
-    """One request as the engine sees it. ``deliver(kind, payload)`` is called from the engine's
-    thread with ``("text", piece)`` as text appears (when ``stream``), then once ``("done", Result)``.
+    """One request as the engine sees it: a prompt, how to sample, a deadline, and whether to stream.
+
+    :meth:`Engine.open` or :meth:`Engine.submit` sends it; ``cancel()`` (from any thread) says nobody
+    waits for it any more.
     """
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, timeout_s: float,
-                 deliver: Callable[[str, Any], None], stream: bool = False):
-        self.prompt_ids, self.params, self.deliver, self.stream = list(prompt_ids), params, deliver, stream
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, timeout_s: float, stream: bool = False):
+        self.prompt_ids, self.params, self.stream = list(prompt_ids), params, stream
         self.arrival = time.monotonic()
         self.deadline = self.arrival + timeout_s  # the deadline counts time spent waiting in the queue
         self.completion_tokens = 0
-        self.peak_batch = 0  # the most rows this request shared a decode step with (itself included)
-        self.tokens_at_cancel: int | None = None
-        self.finished = False  # set by the engine once ("done", Result) has been delivered
+        self.finished = False  # set by the engine once its Result is on the way
+        self.index = 0  # its place among the requests it was sent with
+        self._sink: _Sink | None = None
         self._cancelled = threading.Event()
+        self._tokens_at_cancel = 0  # for the abandoned-tokens metric
 
     def cancel(self) -> None:
         """Nobody waits for the answer any more: the engine drops the row before its next step."""
         if not self._cancelled.is_set():
-            self.tokens_at_cancel = self.completion_tokens
+            self._tokens_at_cancel = self.completion_tokens
             self._cancelled.set()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+    def expired(self, now: float) -> str | None:
+        """``cancelled`` or ``timeout`` when the engine should drop this request, else None."""
+        if self._cancelled.is_set():
+            return "cancelled"
+        return "timeout" if now > self.deadline else None
 
 
 class QueueFull(Exception):
-    """The engine already holds ``max_queued`` waiting requests."""
+    """The engine already holds ``max_batch_size + max_queued`` unanswered requests."""
+
+
+class _Sink:
+    """Where a request's events go: an asyncio loop's :class:`Stream`, or a thread's futures (``loop`` None)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def put(self, events: list[tuple[int, str | Result]]) -> None:
+        raise NotImplementedError
+
+
+class Stream(_Sink):
+    """The requests :meth:`Engine.open` sent, as an async iterator of event lists.
+
+    Each item is a list of ``(index, event)`` that arrived together, where ``event`` is a text
+    piece (``str``, streaming requests only) or the request's :class:`Result` (its last event).
+    Leaving the loop early (or ``cancel()``) cancels the requests that are still running.
+    """
+
+    def __init__(self, requests: list[Request]):
+        self.requests, self.loop = requests, asyncio.get_running_loop()
+        self._queue: asyncio.Queue[list[tuple[int, str | Result]]] = asyncio.Queue()
+
+    def put(self, events: list[tuple[int, str | Result]]) -> None:  # on the loop's thread
+        self._queue.put_nowait(events)
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[list[tuple[int, str | Result]]]:
+        unfinished = len(self.requests)
+        try:
+            while unfinished:
+                events = await self._queue.get()
+                while not self._queue.empty():  # what piled up while the loop was busy goes out together
+                    events += self._queue.get_nowait()
+                unfinished -= sum(isinstance(event, Result) for _, event in events)
+                yield events
+        finally:
+            self.cancel()  # no-op for finished requests
+
+
+class _Futures(_Sink):
+    """Results for a caller outside an event loop (scripts, tests): one future per request."""
+
+    def __init__(self, count: int):
+        self.futures = [Future() for _ in range(count)]
+
+    def put(self, events: list[tuple[int, str | Result]]) -> None:  # on the engine's thread
+        for index, event in events:
+            if isinstance(event, Result):
+                self.futures[index].set_result(event)
 
 
 class TextStream:
@@ -162,6 +240,8 @@ class _Row:
         self.request, self.text = request, text
         self.length = len(request.prompt_ids)  # tokens of this row in the cache
         self.last: int | None = None  # the newest token, fed to the next decode step
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self.generator = None
         if not request.params.greedy:
             self.generator = torch.Generator(device=device)
@@ -251,25 +331,20 @@ def _greedy(logits: torch.Tensor) -> list[int]:
 class Engine:
     """The model, its tokenizer, the waiting queue and the running batch, driven by one thread.
 
-    Introduced in ``10_deployment.ipynb``. ``submit`` a :class:`Request` from any thread; its
-    ``deliver`` callback hears back from the engine's thread. ``max_batch_size=1`` serves one
-    request at a time (no batching), for comparison. ``after_pass``, when given, is called from the
-    engine's thread after each forward pass (and each round of its loop) has made its deliveries, so
-    that a caller can hand a whole step's events to another thread at once (the app wakes its event
-    loop once per step, not once per token). On a CPU the engine stores the model's output
-    projection transposed (:func:`lay_out_output_projection`), which batched steps need most.
+    Introduced in ``10_deployment.ipynb``. From an event loop, :meth:`open` sends requests and
+    returns a :class:`Stream` to ``async for`` over; from a plain thread, :meth:`submit` returns
+    futures and :meth:`generate` waits for one result. ``limits.max_batch_size=1`` serves one
+    request at a time (no batching), for comparison. Generation stops at the tokenizer's
+    end-of-text token and, when its chat template ends a turn with a special token, at that one too.
+    On a CPU the engine stores the model's output projection transposed
+    (:func:`lay_out_output_projection`), which batched steps need most.
     """
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 16, max_queued: int = 64,
-                 metrics: ServingMetrics | None = None, after_pass: Callable[[], None] | None = None):
-        if max_batch_size < 1 or max_queued < 0:
-            raise ValueError(f"max_batch_size must be >= 1 and max_queued >= 0, got {max_batch_size}, {max_queued}")
-        self.model, self.tokenizer = model, tokenizer
-        self.max_batch_size, self.max_queued = max_batch_size, max_queued
+    def __init__(self, model, tokenizer, limits: ServingLimits = DEFAULT_LIMITS, metrics: ServingMetrics | None = None):
+        self.model, self.tokenizer, self.limits = model, tokenizer, limits
         self.metrics = metrics or new_metrics("model")
-        self.after_pass = after_pass or (lambda: None)
         self.context = int(model.config.n_positions)
-        self.eos_id = tokenizer.eos_token_id
+        self.stop_ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} - {None}
         self.device = next(model.parameters()).device
         lay_out_output_projection(model)
         self.tokenizer_lock = threading.Lock()  # the event loop encodes while this thread decodes
@@ -282,6 +357,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._unfinished = 0  # submitted and not answered yet: waiting, being prefilled, or in the batch
         self._batch = _Batch()
+        self._outbox: list[tuple[Request, str | Result]] = []  # this pass's events, handed over after it
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -291,32 +367,41 @@ class Engine:
         with self.tokenizer_lock:
             return self.tokenizer(text).input_ids
 
-    def submit(self, request: Request) -> None:
-        """Queue ``request`` for the next step. :class:`QueueFull` when ``max_batch_size + max_queued``
-        requests are unanswered already: the batch is full and ``max_queued`` wait for a place."""
+    def open(self, requests: list[Request]) -> Stream:
+        """Queue ``requests`` (from a running event loop) and return the :class:`Stream` of their events.
+
+        All or none: :class:`QueueFull` when they do not all fit beside the ``max_batch_size +
+        max_queued`` requests that are unanswered already."""
+        stream = Stream(requests)
+        self._enqueue(requests, stream)
+        return stream
+
+    def submit(self, requests: list[Request]) -> list[Future]:
+        """Queue ``requests`` from a thread without an event loop; one future per request, holding its Result."""
+        sink = _Futures(len(requests))
+        self._enqueue(requests, sink)
+        return sink.futures
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, timeout_s: float = 60.0) -> Result:
+        """Submit one request and wait for its result (for scripts and tests; the app streams instead)."""
+        (future,) = self.submit([Request(prompt_ids, params, timeout_s)])
+        return future.result(timeout=timeout_s + 30)
+
+    def _enqueue(self, requests: list[Request], sink: _Sink) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine is closed")
-            if self._unfinished >= self.max_batch_size + self.max_queued:
+            if self._unfinished + len(requests) > self.limits.max_batch_size + self.limits.max_queued:
                 raise QueueFull(f"{self._unfinished} requests are already running or waiting")
-            self._unfinished += 1
-            self._waiting.append(request)
+            for index, request in enumerate(requests):
+                request.index, request._sink = index, sink
+            self._unfinished += len(requests)
+            self._waiting.extend(requests)
             self.metrics.queue_depth.set(len(self._waiting))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
                 self._thread.start()
             self._cond.notify()
-
-    def generate(self, prompt_ids: list[int], params: SamplingParams, timeout_s: float = 60.0) -> Result:
-        """Submit one request and wait for its result (for scripts and tests; the app streams instead)."""
-        done: queue.Queue = queue.Queue()
-
-        def deliver(kind: str, item: Any) -> None:
-            if kind == "done":
-                done.put(item)
-
-        self.submit(Request(prompt_ids, params, timeout_s, deliver))
-        return done.get(timeout=timeout_s + 30)
 
     @property
     def waiting(self) -> int:
@@ -337,7 +422,7 @@ class Engine:
             self._finish(row.request, row.text, "shutdown")
         for request in self._waiting:
             self._finish(request, None, "shutdown")
-        self.after_pass()
+        self._hand_over()
         self._batch, self._waiting = _Batch(), deque()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -360,41 +445,69 @@ class Engine:
                 for request in [row.request for row in self._batch.rows] + newcomers:
                     self._finish(request, None, "error")
                 self._batch = _Batch()
-            self.after_pass()  # what dropping rows and failing requests delivered
+            self._hand_over()  # what dropping rows and failing requests delivered
             self.metrics.batch_size.set(len(self._batch.rows))
+
+    def _hand_over(self) -> None:
+        """Send this pass's events, **one hand-over per event loop per forward pass**.
+
+        Every token of every row is an event, but the engine's thread never wakes an event loop per
+        event: waking the loop once per token (8 rows, 8 wake-ups a step) made this thread wait for the
+        loop's thread after each one, for the GIL, and 8 clients got about 3x one client's tokens/s
+        instead of more than 4x. So events wait in ``_outbox`` until the pass is done, then each loop
+        gets all of its events in one ``call_soon_threadsafe``."""
+        events, self._outbox = self._outbox, []
+        by_sink: dict[_Sink, list[tuple[int, str | Result]]] = {}
+        for request, event in events:
+            by_sink.setdefault(request._sink, []).append((request.index, event))
+        by_loop: dict[asyncio.AbstractEventLoop | None, list] = {}
+        for sink, sink_events in by_sink.items():
+            by_loop.setdefault(sink.loop, []).append((sink, sink_events))
+        for loop, batch in by_loop.items():
+            if loop is None:
+                _put_all(batch)
+                continue
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                for sink, _ in batch:
+                    sink.cancel()
 
     def _admit(self) -> list[Request]:
         """Under the lock: forget waiting requests nobody wants, take as many as the batch has room for."""
-        now, kept = time.monotonic(), deque()
-        for request in self._waiting:
-            if request.cancelled or now > request.deadline:
-                self._finish(request, None, "cancelled" if request.cancelled else "timeout")
-            else:
-                kept.append(request)
-        room = self.max_batch_size - len(self._batch.rows)
-        newcomers = [kept.popleft() for _ in range(min(room, len(kept)))]
-        self._waiting = kept
-        self.metrics.queue_depth.set(len(kept))
+        self._waiting = deque(request for request in self._waiting if not self._expire(request))
+        room = self.limits.max_batch_size - len(self._batch.rows)
+        newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        self.metrics.queue_depth.set(len(self._waiting))
         return newcomers
+
+    def _expire(self, request: Request, text: TextStream | None = None) -> bool:
+        """The one expiry check: True (and the request answered) when it was cancelled or its time is up."""
+        reason = request.expired(time.monotonic())
+        if reason is not None:
+            self._finish(request, text, reason)
+        return reason is not None
 
     @torch.inference_mode()
     def _step(self, newcomers: list[Request]) -> None:
         self._drop_rows()
-        live = []
-        for request in newcomers:
-            if request.cancelled or time.monotonic() > request.deadline:
-                self._finish(request, None, "cancelled" if request.cancelled else "timeout")
-            else:
-                live.append(request)
+        live = [request for request in newcomers if not self._expire(request)]
         if live:
             self._prefill(live)
         self._drop_rows()  # a client may have left during the prefill
         if self._batch.rows:
             self._decode()
 
-    def _forward(self, input_ids: torch.Tensor, cache: DynamicCache, **kwargs) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}, **kwargs)
-        return out.logits[:, -1, :].float()
+    def _drop_rows(self) -> None:
+        """Rows whose client left or whose time is up leave the batch before the next forward pass."""
+        self._batch.keep([i for i, row in enumerate(self._batch.rows) if not self._expire(row.request, row.text)])
+
+    def _forward(self, input_ids: torch.Tensor, cache: DynamicCache, logits_to_keep: int = 1,
+                 **kwargs) -> torch.Tensor:
+        """The model on ``input_ids``: logits (rows, ``logits_to_keep`` last positions (0: all), vocab), as float32."""
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=logits_to_keep,
+                         **{self._cache_arg: cache}, **kwargs)
+        return out.logits.float()
 
     def _prefill(self, requests: list[Request]) -> None:
         """The newcomers' prompts through the model in one pass, left-padded to the longest: their KV
@@ -406,19 +519,24 @@ class Engine:
                             device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts its own tokens from 0
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, cache, attention_mask=mask, position_ids=positions)
+        echo = any(r.params.prompt_logprobs for r in requests)
+        all_logits = self._forward(input_ids, cache, logits_to_keep=0 if echo else 1, attention_mask=mask,
+                                   position_ids=positions)
+        logits = all_logits[:, -1]
         rows = [_Row(r, TextStream(self.tokenizer, self.tokenizer_lock, r.params.stop), self.device) for r in requests]
         self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in requests))
         self.metrics.generated_tokens.inc(len(rows))
         greedy, before = _greedy(logits), len(self._batch.rows)
         keep = list(range(before))
         for i, row in enumerate(rows):
+            if row.request.params.prompt_logprobs:
+                row.prompt_logprobs = _prompt_logprobs(all_logits[i], row.request.prompt_ids, row.request.params)
             self.metrics.time_to_first_token.observe(time.monotonic() - row.request.arrival)
-            if self._accept(row, greedy[i] if row.request.params.greedy else row.sample(logits[i:i + 1])):
+            if self._accept(row, greedy[i] if row.request.params.greedy else row.sample(logits[i:i + 1]), logits[i]):
                 keep.append(before + i)
         self._batch.add(rows, cache, mask)
         self._batch.keep(keep)  # rows done with their first token leave at once
-        self.after_pass()  # the first tokens go out now, not after the rest of the step
+        self._hand_over()  # the first tokens go out now, not after the rest of the step
 
     def _decode(self) -> None:
         """One step for every row: feed each row's last token at its own position, read one more token."""
@@ -426,50 +544,41 @@ class Engine:
         input_ids = torch.tensor([[row.last] for row in batch.rows], device=self.device)
         positions = torch.tensor([[row.length] for row in batch.rows], device=self.device)
         mask = F.pad(batch.mask, (0, 1), value=1)
-        logits = self._forward(input_ids, batch.cache, attention_mask=mask, position_ids=positions)
+        logits = self._forward(input_ids, batch.cache, attention_mask=mask, position_ids=positions)[:, -1]
         batch.mask = mask
         self.metrics.generated_tokens.inc(len(batch.rows))
         greedy = _greedy(logits)
         keep = []
         for i, row in enumerate(batch.rows):
             row.length += 1
-            row.request.peak_batch = max(row.request.peak_batch, len(batch.rows))
             token = greedy[i] if row.request.params.greedy else row.sample(logits[i:i + 1])
-            if self._accept(row, token):
+            if self._accept(row, token, logits[i]):
                 keep.append(i)
         batch.keep(keep)
-        self.after_pass()
+        self._hand_over()
 
-    def _accept(self, row: _Row, token: int) -> bool:
-        """Record a new token; False when the row is finished (and answered)."""
+    def _accept(self, row: _Row, token: int, logits: torch.Tensor) -> bool:
+        """Record a new token (``logits``: the row's, that chose it); False when the row is finished (and answered)."""
         request = row.request
         request.completion_tokens += 1
-        if token == self.eos_id:
-            self._finish(request, row.text, "stop")
+        if request.params.logprobs is not None:
+            row.logprobs.append(_logprob(logits.log_softmax(-1), token, request.params.logprobs))
+        if token in self.stop_ids:
+            self._finish(request, row.text, "stop", row)
             return False
         piece = row.text.add(token)
         if piece and request.stream:
-            request.deliver("text", piece)
+            self._outbox.append((request, piece))
         if row.text.stopped:
-            self._finish(request, row.text, "stop")
+            self._finish(request, row.text, "stop", row)
             return False
         if request.completion_tokens >= request.params.max_tokens:
-            self._finish(request, row.text, "length")
+            self._finish(request, row.text, "length", row)
             return False
         row.last = token
         return True
 
-    def _drop_rows(self) -> None:
-        """Rows whose client left or whose time is up leave the batch before the next forward pass."""
-        now, keep = time.monotonic(), []
-        for i, row in enumerate(self._batch.rows):
-            if row.request.cancelled or now > row.request.deadline:
-                self._finish(row.request, row.text, "cancelled" if row.request.cancelled else "timeout")
-            else:
-                keep.append(i)
-        self._batch.keep(keep)
-
-    def _finish(self, request: Request, text: TextStream | None, reason: str) -> None:
+    def _finish(self, request: Request, text: TextStream | None, reason: str, row: _Row | None = None) -> None:
         if request.finished:
             return
         request.finished = True
@@ -477,9 +586,31 @@ class Engine:
             self._unfinished -= 1
         if reason == "cancelled":
             self.metrics.cancelled.inc()
-            self.metrics.abandoned_tokens.inc(request.completion_tokens - (request.tokens_at_cancel or 0))
+            self.metrics.abandoned_tokens.inc(request.completion_tokens - request._tokens_at_cancel)
         rest = text.finish() if text is not None and reason in ("stop", "length") else ""
         if rest and request.stream:
-            request.deliver("text", rest)
+            self._outbox.append((request, rest))
         full, ids = (text.text, text.ids) if text is not None else ("", [])
-        request.deliver("done", Result(full, len(request.prompt_ids), request.completion_tokens, reason, ids))
+        logprobs = row.logprobs if row is not None and request.params.logprobs is not None else None
+        prompt_logprobs = row.prompt_logprobs if row is not None else None
+        self._outbox.append((request, Result(full, len(request.prompt_ids), request.completion_tokens, reason, ids,
+                                             logprobs, prompt_logprobs)))
+
+
+def _put_all(batch: list[tuple[_Sink, list[tuple[int, str | Result]]]]) -> None:
+    for sink, events in batch:
+        sink.put(events)
+
+
+def _logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """``token``'s entry in the (vocab,) log-probabilities, and the ``top`` most likely tokens."""
+    best = logprobs.topk(top) if top else None
+    alternatives = tuple(zip(best.indices.tolist(), best.values.tolist())) if best is not None else ()
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+def _prompt_logprobs(logits: torch.Tensor, prompt_ids: list[int], params: SamplingParams) -> list[TokenLogprob | None]:
+    """Each prompt token's log-probability given the tokens before it (the first has none): ``logits`` is
+    one row's (width, vocab) from the left-padded prefill, whose last ``len(prompt_ids)`` positions are the prompt's."""
+    own = logits[logits.shape[0] - len(prompt_ids):].log_softmax(-1)
+    return [None] + [_logprob(own[i - 1], token, params.logprobs or 0) for i, token in enumerate(prompt_ids) if i]

@@ -12,10 +12,11 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_STOP_SEQUENCES = 4  # as in OpenAI's API
+MAX_LOGPROBS = 5  # completions' logprobs, as in OpenAI's API
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as in OpenAI's API
 
 
 class APIError(Exception):
@@ -40,7 +41,7 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """The fields both endpoints share: which model, how much, how random, when to stop."""
+    """The fields both endpoints share: which model, how much, how many, how random, when to stop."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,7 +53,7 @@ class _Sampling(BaseModel):
     seed: Annotated[int | None, Field(strict=True, ge=0, le=2**63 - 1)] = None
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int | None, Field(strict=True)] = None
+    n: Annotated[int, Field(strict=True, ge=1)] = 1  # independent samples; with a seed, sample i uses seed + i
     user: Annotated[str | None, Field(strict=True)] = None
 
     @field_validator("stop", mode="before")
@@ -70,29 +71,29 @@ class _Sampling(BaseModel):
             raise ValueError("stop sequences must not be empty strings")
         return value
 
-    @field_validator("n")
-    @classmethod
-    def _only_one(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise ValueError(f"n must be 1 (this service returns one completion per request), got {value}")
-        return value
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value)
 
 
 class CompletionRequest(_Sampling):
-    """``POST /v1/completions``: a prompt to continue."""
+    """``POST /v1/completions``: prompts to continue, as text or token ids; one choice per prompt (times ``n``)."""
 
-    prompt: Any  # a string, or a list holding one string; checked below
+    prompt: Any  # a string, a list of strings, a list of token ids, or a list of those; checked below
+    echo: Annotated[bool, Field(strict=True)] = False  # the prompt in front of the text (and of the logprobs)
+    logprobs: Annotated[int | None, Field(strict=True, ge=0, le=MAX_LOGPROBS)] = None
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _one_string(cls, value: Any) -> str:
-        if isinstance(value, list):
-            if len(value) != 1 or not isinstance(value[0], str):
-                raise ValueError("prompt must be a string or a list of exactly one string (no batches, no token ids)")
-            value = value[0]
-        if not isinstance(value, str):
-            raise ValueError(f"prompt must be a string, got {json_type(value)}")
-        if not value:
+    def _prompts(cls, value: Any) -> list[str | list[int]]:
+        """A list of prompts, each a non-empty string or a non-empty list of token ids."""
+        if isinstance(value, str) or _is_ids(value):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) or _is_ids(v) for v in value):
+            raise ValueError(f"prompt must be a string, a list of strings, a list of token ids or a list of "
+                             f"token-id lists, got {json_type(value)}")
+        if any(v == "" for v in value):
             raise ValueError("prompt must not be empty")
         return value
 
@@ -120,6 +121,24 @@ class ChatCompletionRequest(_Sampling):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int | None, Field(strict=True, ge=1)] = None  # OpenAI's newer name
+    logprobs: Annotated[bool, Field(strict=True)] = False
+    top_logprobs: Annotated[int | None, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS)] = None
+
+
+class ClassifyRequest(BaseModel):
+    """``POST /v1/classify`` (vLLM's shape): one text or a list of texts to classify."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Annotated[str, Field(strict=True)]
+    input: Annotated[str, Field(strict=True)] | Annotated[list[Annotated[str, Field(strict=True)]],
+                                                          Field(min_length=1)]
+    user: Annotated[str | None, Field(strict=True)] = None
+
+    def texts(self) -> list[str]:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if any(not text for text in texts):
+            raise APIError(400, "input must not hold empty strings", param="input", code="invalid_value")
+        return texts
 
 
 # --------------------------------------------------------------------------- parsing, with clear errors
@@ -176,15 +195,17 @@ def _check_encodable(value: Any, where: list[str]) -> None:
             _check_encodable(item, [*where, str(index)])
 
 
-def validation_message(error: ValidationError | RequestValidationError) -> tuple[str, str | None]:
-    """The first problem in words, and the name of the field it concerns."""
+def validation_message(error: ValidationError) -> tuple[str, str | None]:
+    """The first problem in words (every unsupported option, by name), and the name of the field it concerns."""
+    extra = [".".join(map(str, e["loc"])) for e in error.errors() if e.get("type") == "extra_forbidden"]
+    if extra:
+        plural = "s" if len(extra) > 1 else ""
+        return f"Unrecognized request argument{plural} supplied: {', '.join(extra)} (not supported here)", extra[0]
     first = error.errors()[0]
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = loc[0] if loc else None
     where = ".".join(loc) or "request"
     kind, message = first.get("type", ""), str(first.get("msg", "invalid value"))
-    if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {where}", param
     if kind == "missing":
         return f"you must provide a {where} parameter", param
     if kind == "value_error":
@@ -194,16 +215,24 @@ def validation_message(error: ValidationError | RequestValidationError) -> tuple
     return f"{where}: {message} (got {shown})", param
 
 
-def validate(model: type[_Sampling], data: dict) -> Any:
+def validate(model: type[BaseModel], data: dict) -> Any:
     """``data`` as a request of type ``model``, or a 400 naming the first wrong field."""
     try:
         request = model.model_validate(data)
     except ValidationError as error:
         message, param = validation_message(error)
         raise APIError(400, message, param=param, code="invalid_value") from None
+    if not isinstance(request, _Sampling):
+        return request
     if request.stream_options is not None and not request.stream:
         raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options",
                        code="invalid_value")
+    asked = [name for name in ("logprobs", "echo") if getattr(request, name, None) not in (None, False)]
+    if request.stream and asked:
+        raise APIError(400, f"{' and '.join(asked)} with stream: true is not supported here; ask without stream",
+                       param=asked[0], code="unsupported_value")
+    if getattr(request, "top_logprobs", None) is not None and not request.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     return request
 
 
@@ -220,7 +249,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 class Shape:
-    """How one endpoint wraps text: whole answers, stream chunks and the usage chunk share id and time."""
+    """How one endpoint wraps its choices: whole answers, stream chunks and the usage chunk share id and time."""
 
     def __init__(self, chat: bool, model_id: str):
         self.chat, self.model_id = chat, model_id
@@ -232,21 +261,42 @@ class Shape:
             body["usage"] = usage_
         return body
 
-    def answer(self, text: str, finish_reason: str, usage_: dict) -> dict:
+    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason}
-            return self._wrap("chat.completion", [choice], usage_)
-        return self._wrap("text_completion", [{"text": text, "index": 0, "logprobs": None,
-                                               "finish_reason": finish_reason}], usage_)
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish_reason}
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
+    def answer(self, choices: list[dict], usage_: dict) -> dict:
+        return self._wrap("chat.completion" if self.chat else "text_completion", choices, usage_)
+
+    def chunk(self, index: int, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
         if self.chat:
             delta = ({"role": "assistant"} if role else {}) | ({} if text is None else {"content": text})
-            return self._wrap("chat.completion.chunk", [{"index": 0, "delta": delta, "logprobs": None,
+            return self._wrap("chat.completion.chunk", [{"index": index, "delta": delta, "logprobs": None,
                                                          "finish_reason": finish_reason}])
-        return self._wrap("text_completion", [{"text": text or "", "index": 0, "logprobs": None,
+        return self._wrap("text_completion", [{"text": text or "", "index": index, "logprobs": None,
                                                "finish_reason": finish_reason}])
 
     def usage_chunk(self, usage_: dict) -> dict:
         return self._wrap("chat.completion.chunk" if self.chat else "text_completion", [], usage_)
+
+
+def completion_logprobs(tokens: list[tuple[str, float | None, dict[str, float] | None]]) -> dict:
+    """``/v1/completions``' logprobs object from (token text, log-probability, top alternatives) per token."""
+    offsets, at = [], 0
+    for text, _, _ in tokens:
+        offsets.append(at)
+        at += len(text)
+    return {"tokens": [t for t, _, _ in tokens], "token_logprobs": [lp for _, lp, _ in tokens],
+            "top_logprobs": [top for _, _, top in tokens], "text_offset": offsets}
+
+
+def chat_logprobs(tokens: list[tuple[str, float, list[tuple[str, float]]]]) -> dict:
+    """``/v1/chat/completions``' logprobs object from (token text, log-probability, top alternatives) per token."""
+
+    def entry(text: str, logprob: float) -> dict:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(text, lp), "top_logprobs": [entry(t, v) for t, v in top]} for text, lp, top in tokens],
+            "refusal": None}

@@ -1,0 +1,230 @@
+"""Instruction tuning's model side (09): the runs, exact scoring of replies and answers, the assistant release.
+
+Introduced in ``09_assistant.ipynb``; the text side (template, mixture, mask) is :mod:`helpers.chat`.
+
+* :func:`chat_model` loads the base model with the turn tokens added; :func:`mixture_blocks`
+  turns conversations into token blocks and label blocks (assistant-only or every token), which
+  05's :func:`helpers.training.train` takes as they are.
+* Scoring is exact: :func:`generate_replies` (greedy, stops at ``<|end|>``) for the assistant's
+  replies, :func:`answer_logprobs` for likelihood scoring (lm-evaluation-harness's multiple
+  choice: the allowed answer with the highest summed log-probability is the model's answer), and
+  08's :func:`helpers.classification.accuracy_interval`, a bootstrap over items.
+* :func:`ensure_assistant_release` is what notebook 10 calls: ``artifacts/models/assistant/``,
+  a ``save_pretrained`` folder with the tokenizer and its chat template, rebuilt when missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers.chat import (
+    END,
+    Item,
+    Mixture,
+    add_turn_tokens,
+    build_mixture,
+    chat_tokenizer,
+    encode_chat,
+    instruction_items,
+    pack_conversations,
+)
+from helpers.classification import accuracy_interval  # 08's bootstrap over items, reused
+from helpers.deployment import export_release, manifest_mode, read_manifest
+from helpers.models import load_model, load_tokenizer, resolve_model_source
+from helpers.runtime import eval_mode
+from helpers.settings import Settings, display_path, get_settings
+from helpers.training import TrainConfig, TrainResult, train
+
+ASSISTANT_DIR = "models/assistant"  # under artifacts/
+LOSSES = ("assistant", "all")  # assistant-only loss, or loss on every token of the conversation
+MAX_REPLY_TOKENS = 8  # every exact answer here is a few tokens; a reply longer than that is wrong anyway
+
+
+def assistant_dir(settings: Settings | None = None) -> Path:
+    """Where 09's assistant release lives: ``artifacts/models/assistant`` (10 serves it)."""
+    return (settings or get_settings()).artifacts_dir / ASSISTANT_DIR
+
+
+def chat_model(settings: Settings | None = None):
+    """``(model, chat_tokenizer, base_location)``: the course's base model with the turn tokens added (09)."""
+    source = resolve_model_source(settings or get_settings())
+    model, _ = load_model(source)
+    tokenizer = chat_tokenizer(load_tokenizer(source))
+    add_turn_tokens(model, tokenizer)
+    return model, tokenizer, source.location
+
+
+def mixture_blocks(conversations: Sequence[list[dict]], tokenizer, block_size: int,
+                   loss: str = "assistant") -> tuple[np.ndarray, np.ndarray, int]:
+    """``(blocks, labels, dropped)`` of ``conversations`` packed whole into blocks (09).
+
+    ``loss="assistant"``: labels are the reply tokens only (-100 elsewhere); ``"all"``: every token
+    of the conversation is a label (only the padding is -100).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    encoded = [encode_chat(tokenizer, c) for c in conversations]
+    if loss == "all":
+        encoded = [(ids, list(ids)) for ids, _ in encoded]
+    return pack_conversations(encoded, block_size, tokenizer.pad_token_id)
+
+
+def sft_config(settings: Settings | None = None, **overrides) -> TrainConfig:
+    """05's :class:`~helpers.training.TrainConfig` with 09's steps and learning rate (``sft_steps``, ``sft_lr``)."""
+    s = settings or get_settings()
+    values = dict(num_steps=s.sft_steps, lr=s.sft_lr, warmup_steps=max(1, s.sft_steps // 10),
+                  eval_interval=max(1, s.sft_steps // 5), checkpoint_interval=s.sft_steps, eval_batches=4)
+    return TrainConfig.from_settings(s, **{**values, **overrides})
+
+
+def train_assistant(settings: Settings | None = None, mixture: Mixture | None = None, loss: str = "assistant",
+                    progress: bool = True) -> tuple[TrainResult, object, str]:
+    """One instruction-tuning run of 09 with 05's loop: ``(result, chat tokenizer, base location)``.
+
+    Validation loss is always on the replies of validation conversations, so both losses are
+    watched on the same thing.
+    """
+    settings = settings or get_settings()
+    mixture = mixture or build_mixture(settings)
+    model, tokenizer, base = chat_model(settings)
+    blocks, labels, _ = mixture_blocks(mixture.conversations, tokenizer, settings.block_size, loss)
+    valid = [i.messages() for found in instruction_items("validation", settings.sft_eval_items, settings).values()
+             for i in found]
+    valid_blocks, valid_labels, _ = mixture_blocks(valid, tokenizer, settings.block_size, "assistant")
+    result = train(model, blocks, valid_blocks, sft_config(settings), progress=progress, train_labels=labels,
+                   valid_labels=valid_labels)
+    return result, tokenizer, base
+
+
+# --------------------------------------------------------------------------- exact scoring
+
+
+def chat_prompt(tokenizer, item: Item) -> str:
+    """The item's question as the assistant sees it: rendered by the chat template, up to ``<|assistant|>\\n`` (09)."""
+    return tokenizer.apply_chat_template(item.messages()[:1], tokenize=False, add_generation_prompt=True)
+
+
+def few_shot_prompt(item: Item, shots: Sequence[Item]) -> str:
+    """A base model's prompt (lm-evaluation-harness style): solved ``shots``, then the question and ``Answer:`` (09)."""
+    solved = "".join(f"{shot.prompt}\nAnswer: {shot.answer}\n\n" for shot in shots)
+    return f"{solved}{item.prompt}\nAnswer:"
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = MAX_REPLY_TOKENS,
+                     batch_size: int = 128) -> list[str]:
+    """Greedy replies to rendered ``prompts``, each up to its ``<|end|>`` (09)."""
+    device = next(model.parameters()).device
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    replies = []
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row at its end
+    try:
+        with eval_mode(model):
+            for start in range(0, len(prompts), batch_size):
+                batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id,
+                                     pad_token_id=tokenizer.pad_token_id)
+                new = out[:, batch["input_ids"].shape[1]:].tolist()
+                replies += [tokenizer.decode(row[: row.index(end_id)] if end_id in row else row,
+                                             skip_special_tokens=True).strip() for row in new]
+    finally:
+        tokenizer.padding_side = side
+    return replies
+
+
+@torch.no_grad()
+def answer_logprobs(model, tokenizer, contexts: Sequence[str], candidates: Sequence[Sequence[str]],
+                    batch_size: int = 64) -> list[list[float]]:
+    """``log p(candidate | context)`` summed over the candidate's tokens, for every candidate of every context (09).
+
+    lm-evaluation-harness's multiple choice: context and candidate are tokenized apart and joined;
+    a context too long for the model loses its oldest tokens. Only the candidate positions go
+    through the LM head (the 50,257-way matrix is most of the cost).
+    """
+    device = next(model.parameters()).device
+    limit = getattr(model.config, "n_positions", 1024)
+    rows = []  # (token ids, number of candidate tokens at the end)
+    for context, options in zip(contexts, candidates, strict=True):
+        context_ids = tokenizer(context).input_ids
+        for option in options:
+            option_ids = tokenizer(option).input_ids
+            rows.append((context_ids[-(limit - len(option_ids)):] + option_ids, len(option_ids)))
+    scores = []
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # masked, never scored
+            for r, (row, _) in enumerate(chunk):
+                ids[r, : len(row)] = torch.tensor(row)
+            mask = (torch.arange(width)[None] < torch.tensor([len(row) for row, _ in chunk])[:, None]).long()
+            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            # Position t predicts token t+1: the n candidate tokens of a row are predicted from the n positions before them.
+            row_of = torch.tensor([r for r, (row, n) in enumerate(chunk) for _ in range(n)])
+            position = torch.tensor([t for row, n in chunk for t in range(len(row) - n - 1, len(row) - 1)])
+            logits = model.get_output_embeddings()(hidden[row_of.to(device), position.to(device)]).float()
+            targets = ids[row_of, position + 1].to(device)
+            token_scores = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].cpu()
+            scores += torch.zeros(len(chunk)).index_add_(0, row_of, token_scores).tolist()
+    flat = iter(scores)
+    return [[next(flat) for _ in options] for options in candidates]
+
+
+def likelihood_answers(model, tokenizer, contexts: Sequence[str], items: Sequence[Item],
+                       prefix: str = "") -> list[str]:
+    """The allowed answer each context makes most likely (``prefix`` goes before every candidate, e.g. a space) (09)."""
+    options = [[prefix + c for c in item.choices] for item in items]
+    scores = answer_logprobs(model, tokenizer, contexts, options)
+    return [item.choices[int(np.argmax(s))] for item, s in zip(items, scores, strict=True)]
+
+
+def score_assistant(model, tokenizer, items: Sequence[Item], likelihood: bool = True) -> dict:
+    """The assistant on ``items`` of one family: replies, exact match, allowed share, likelihood accuracy (09).
+
+    ``likelihood=False`` skips the likelihood scoring (09's validation comparison needs replies only).
+    """
+    prompts = [chat_prompt(tokenizer, item) for item in items]
+    replies = generate_replies(model, tokenizer, prompts)
+    scores = {"replies": replies,
+              "exact": accuracy_interval([r == i.answer for r, i in zip(replies, items, strict=True)]),
+              "allowed": float(np.mean([r in i.choices for r, i in zip(replies, items, strict=True)]))}
+    if likelihood:
+        picked = likelihood_answers(model, tokenizer, prompts, items)
+        scores["likelihood"] = accuracy_interval([p == i.answer for p, i in zip(picked, items, strict=True)])
+    return scores
+
+
+# --------------------------------------------------------------------------- the release
+
+
+def export_assistant(model, tokenizer, settings: Settings | None = None, base: str = "",
+                     eval_report: dict | None = None) -> Path:
+    """Write the assistant release (``helpers.deployment.export_release``) with its chat template (09)."""
+    settings = settings or get_settings()
+    info = {"base_model": display_path(base, settings) if base and Path(base).exists() else base,
+            "mode": settings.mode, "data": "09's instruction mixture (helpers.chat.build_mixture)",
+            "procedure": f"full fine-tuning, assistant-only loss, {settings.sft_steps} steps at lr {settings.sft_lr}"}
+    return export_release(model, tokenizer, assistant_dir(settings), eval_report=eval_report, training_info=info,
+                          generation={"do_sample": False, "max_new_tokens": 32})
+
+
+def ensure_assistant_release(settings: Settings | None = None, progress: bool = True) -> Path:
+    """The assistant release folder, trained and exported first when missing or made in another mode.
+
+    Introduced in ``09_assistant.ipynb``; notebook 10 serves what it returns. The rebuild is 09's own
+    pipeline: the mixture, one assistant-only run with 05's loop, :func:`export_assistant`.
+    """
+    settings = settings or get_settings()
+    folder = assistant_dir(settings)
+    manifest = read_manifest(folder)
+    if manifest_mode(manifest) == settings.mode:
+        return folder
+    why = "it does not exist yet" if manifest is None else "it was made in another mode"
+    print(f"instruction-tuning first, because {display_path(folder, settings)} is needed and {why} (09's pipeline)")
+    result, tokenizer, base = train_assistant(settings, progress=progress)
+    return export_assistant(result.model, tokenizer, settings, base)
