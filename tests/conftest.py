@@ -18,9 +18,17 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tqdm.std import TqdmDefaultWriteLock, tqdm  # noqa: E402
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from helpers.models import tokenizer_dir  # noqa: E402
+
+# tqdm guards its bars with a multiprocessing semaphore, shared with every forked child. A child of
+# tests/test_reliability.py killed with -9 while it holds it (a bar being made, even a disabled one)
+# would block every later bar in pytest for ever. One process writes the bars here: a thread lock
+# is enough, so tqdm never makes the semaphore.
+TqdmDefaultWriteLock.mp_lock = None
+tqdm.set_lock(TqdmDefaultWriteLock())  # in case an import made the lock already
 
 
 def pytest_collectstart(collector):

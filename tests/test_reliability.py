@@ -492,6 +492,30 @@ def test_kill_9_during_prepare_never_corrupts_and_the_next_call_cleans(corpus, t
     assert corrupt == 0 and leftovers_after == 0
 
 
+def test_a_child_killed_inside_a_progress_bar_leaves_the_bars_of_pytest_free():
+    """tqdm's write lock, taken by every bar (even a disabled one), is not shared with a forked child."""
+    from tqdm.std import tqdm
+
+    ready = threading.Event()
+
+    def hold_the_lock():
+        with tqdm.get_lock():
+            os.write(write_end, b"x")
+            time.sleep(60)
+
+    tqdm.get_lock()  # made here first, as an earlier bar in pytest would have
+    read_end, write_end = os.pipe()
+    pid = fork(hold_the_lock)
+    os.read(read_end, 1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    os.close(write_end)
+    bar_made = threading.Thread(target=lambda: (tqdm(range(3), disable=True).close(), ready.set()), daemon=True)
+    bar_made.start()
+    assert ready.wait(timeout=10), "a progress bar in pytest waits for a lock that a killed child held"
+
+
 # --------------------------------------------------------------------------- the lock
 
 
