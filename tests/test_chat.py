@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import assistant, chat
 from helpers.settings import get_settings, make_settings
-from helpers.training import causal_lm_loss
+from helpers.training import causal_lm_loss, labelled_lm_loss
 
 CONVERSATION = [
     {"role": "system", "content": "Answer briefly."},
@@ -132,6 +132,24 @@ def test_loss_with_labels_is_transformers_loss(random_gpt2, chat_tok):
     ids, labels = torch.tensor([ids]), torch.tensor([labels])
     logits = model(ids).logits
     assert torch.allclose(causal_lm_loss(logits, ids, labels), model(ids, labels=labels).loss, atol=1e-6)
+
+
+def test_the_head_only_where_labels_are_gives_transformers_loss_and_gradients(random_gpt2, chat_tok):
+    ids, labels = zip(*(chat.encode_chat(chat_tok, c) for c in (CONVERSATION, CONVERSATION[:3])), strict=True)
+    width = max(map(len, ids))
+    ids = torch.tensor([list(i) + [chat_tok.pad_token_id] * (width - len(i)) for i in ids])
+    labels = torch.tensor([list(label) + [-100] * (width - len(label)) for label in labels])
+    ours, theirs = random_gpt2(), random_gpt2()
+    for model in (ours, theirs):
+        chat.add_turn_tokens(model, chat_tok)
+    mine, reference = labelled_lm_loss(ours, ids, labels), theirs(ids, labels=labels).loss
+    mine.backward()
+    reference.backward()
+    assert torch.allclose(mine, reference, atol=1e-6)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    with pytest.raises(ValueError, match="no position of this batch has a label"):
+        labelled_lm_loss(ours, ids, torch.full_like(labels, -100))
 
 
 def test_answer_logprobs_equal_transformers_loss(random_gpt2, tokenizer):
