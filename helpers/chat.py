@@ -22,7 +22,7 @@ import copy
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -290,9 +290,9 @@ def first_word_items(texts: dict[str, str], n: int, rng: np.random.Generator,
                  tuple(dict.fromkeys(_FIRST_WORD.findall(line))), name) for name, line in _sample(found, n, rng, exclude)]
 
 
-def instruction_items(split: str, n: int, settings: Settings | None = None,
+def instruction_items(split: str, n: int | Mapping[str, int], settings: Settings | None = None,
                       texts: dict[str, dict[str, str]] | None = None) -> dict[str, list[Item]]:
-    """``{family: items}`` of ``split`` (train, validation, test), ``n`` per family, seeded by the settings.
+    """``{family: items}`` of ``split`` (train, validation, test), ``n`` per family (or ``{family: n}``), seeded.
 
     Introduced in ``09_assistant.ipynb``: train items make the mixture, validation items answer the
     notebook's choices, test items (*Persuasion*, *Hamlet*, 08's test sentences) are scored once.
@@ -301,12 +301,13 @@ def instruction_items(split: str, n: int, settings: Settings | None = None,
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
     texts = texts or author_texts(settings)
+    counts = dict(n) if isinstance(n, Mapping) else dict.fromkeys(FAMILIES, n)
     rng = np.random.default_rng([settings.seed, ("train", "validation", "test").index(split)])
     held_out = list(texts["test"].values()) if split != "test" else []
     return {
-        "sentiment": sentiment_items(split, n, rng, settings),
-        "authorship": authorship_items(texts[split], n, rng, held_out),
-        "first_word": first_word_items(texts[split], n, rng, held_out),
+        "sentiment": sentiment_items(split, counts["sentiment"], rng, settings),
+        "authorship": authorship_items(texts[split], counts["authorship"], rng, held_out),
+        "first_word": first_word_items(texts[split], counts["first_word"], rng, held_out),
     }
 
 
@@ -340,11 +341,12 @@ def build_mixture(settings: Settings | None = None, texts: dict[str, dict[str, s
     """The training conversations of 09, shuffled: one per training item, identity, multi-turn mixes.
 
     Introduced in ``09_assistant.ipynb``. Sizes come from the settings (``sft_items_per_family``,
-    ``sft_multi_turn``); a multi-turn conversation chains 2-3 training items, so the template and
+    ``sft_sentiment_items``, ``sft_multi_turn``); a multi-turn conversation chains 2-3 training items, so the template and
     the mask see history. Only training documents and splits are read.
     """
     settings = settings or get_settings()
-    items = instruction_items("train", settings.sft_items_per_family, settings, texts)
+    sizes = {**dict.fromkeys(FAMILIES, settings.sft_items_per_family), "sentiment": settings.sft_sentiment_items}
+    items = instruction_items("train", sizes, settings, texts)
     conversations = [(family, item.messages()) for family, found in items.items() for item in found]
     conversations += [("identity", c) for c in identity_conversations(settings) for _ in range(IDENTITY_REPEATS)]
     pool = [item for found in items.values() for item in found]
