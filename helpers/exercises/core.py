@@ -35,8 +35,7 @@ def _check(name: str, answer, expected, hint: str, atol: float = 1e-6) -> str:
 
     Introduced in ``01_mse_and_gradient_descent.ipynb``.
     """
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, answer):
         return "not done"
     try:
         expected = np.asarray(expected, dtype=np.float64)
@@ -60,10 +59,17 @@ def _check(name: str, answer, expected, hint: str, atol: float = 1e-6) -> str:
         return "wrong"
 
 
-def _not_done(name: str, fn) -> bool:
-    """Print the "not done yet" line and return True while ``fn`` is still ``None`` or ``...``."""
-    if fn is None or fn is Ellipsis:
+def _unanswered(name: str, answer) -> bool:
+    """Print the "not done yet" line and return True while ``answer`` is still the stub's ``None`` or ``...``."""
+    if answer is None or answer is Ellipsis:
         print(f"{NOT_DONE}: {name}")
+        return True
+    return False
+
+
+def _not_done(name: str, fn) -> bool:
+    """Like :func:`_unanswered`, for a function: also True (with a verdict) when ``fn`` is not callable."""
+    if _unanswered(name, fn):
         return True
     if not callable(fn):
         print(f"{WRONG}: {name}: the answer should be a function (def ...), not a {type(fn).__name__}")

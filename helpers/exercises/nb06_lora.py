@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.exercises.core import CORRECT, NOT_DONE, WRONG, _check
+from helpers.exercises.core import CORRECT, WRONG, _check, _unanswered
 
 LORA_FORWARD_EXERCISE = dict(
     x=((1.0, 2.0, 0.0), (0.5, -1.0, 3.0)),  # 2 tokens of d_in = 3 numbers
@@ -75,8 +75,7 @@ def check_lr_experiment(answer, lr: float, num_steps: int, lora_history) -> None
     (the same short run at LoRA's rate) and says which was lower.
     """
     name = "LoRA at 05's learning rate"
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, answer):
         return
     hint = ("train a fresh add_lora(copy.deepcopy(base_model), r, alpha) with short_config's steps and warmup but "
             "lr=settings.lr, and pass the run's .history.")
@@ -104,8 +103,7 @@ def check_attention_only(model, r: int) -> None:
     attn.c_proj of every block, and every trainable tensor is an ``A`` or ``B`` inside ``attn``.
     """
     name = "LoRA on the attention projections only"
-    if model is None or model is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, model):
         return
     hint = 'wrap a fresh copy of the base with add_lora(..., r, alpha, targets=("attn.c_attn", "attn.c_proj")).'
     try:

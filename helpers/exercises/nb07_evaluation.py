@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from helpers.exercises.core import CORRECT, NOT_DONE, WRONG, _check, _not_done
+from helpers.exercises.core import CORRECT, WRONG, _check, _not_done, _unanswered
 
 PPL_EXERCISE_NLL_SUM = 2_310.0  # nats, summed over the scored tokens
 PPL_EXERCISE_TOKENS = 840  # tokens scored
@@ -101,8 +101,7 @@ def check_chunk_experiment(answer, chunk_len: int, num_tokens: int) -> None:
     from helpers.evaluation import chunk_tokens
 
     name = "interval width against chunk length"
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, answer):
         return
     hint = ("for length in (2 * chunk_len, chunk_len // 2): cut eval_ids with chunk_tokens(eval_ids, length), score both "
             "models with document_nlls, take bootstrap_difference(...).relative, and store (len(chunks), interval).")
@@ -135,8 +134,7 @@ def check_temperature_experiment(answer, strategies) -> None:
     and says which temperature gave the higher distinct-2 (without judging the text).
     """
     name = "two temperatures, summarised"
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, answer):
         return
     hint = ("call generate_samples(finetuned, tokenizer, PROMPTS[:1], strategies, max_new_tokens=settings.sample_tokens, "
             "seed=settings.seed) and pass its rows to summarize_samples.")
@@ -163,8 +161,7 @@ def check_bias_experiment(answer, groups) -> None:
     (a small spread around the mean) or vary by template.
     """
     name = "bias probe with your own groups"
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, answer):
         return
     hint = "call bias_probe(finetuned, tokenizer, groups=(...)) with at least two group words."
     try:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from helpers.exercises.core import CORRECT, NOT_DONE, WRONG, _not_done
+from helpers.exercises.core import CORRECT, WRONG, _not_done, _unanswered
 
 EXERCISE_CONVERSATION = (
     {"role": "user", "content": "Who wrote this passage, Jane Austen or William Shakespeare?\n\nO, woe is me."},
@@ -42,8 +42,7 @@ def _chat_tokenizer():
 def check_rendered_conversation(answer) -> None:
     """Exercise 1 of ``09_assistant.ipynb``: ``EXERCISE_CONVERSATION`` rendered by hand, against ``apply_chat_template``."""
     name = "a two-turn conversation rendered by hand"
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, answer):
         return
     expected = _chat_tokenizer().apply_chat_template(list(EXERCISE_CONVERSATION), tokenize=False)
     if not isinstance(answer, str):

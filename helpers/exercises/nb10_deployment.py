@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from helpers.exercises.core import CORRECT, NOT_DONE, WRONG, _check, _not_done
+from helpers.exercises.core import CORRECT, WRONG, _check, _not_done, _unanswered
 
 LATENCY_EXERCISE_MS = (112.0, 98.0, 105.0, 131.0, 99.0, 240.0, 101.0, 97.0, 118.0, 104.0, 103.0, 350.0)
 _PERCENTILE_CASES = ((LATENCY_EXERCISE_MS, (50, 95, 99, 0, 100)), ((7.0,), (50, 95)), ((2.0, 1.0), (25, 50, 95)),
@@ -63,8 +63,7 @@ def check_context_limit(app, context_len: int) -> None:
     from openai import OpenAI
 
     name = "an endpoint that checks the context"
-    if app is None or app is Ellipsis:
-        print(f"{NOT_DONE}: {name}")
+    if _unanswered(name, app):
         return
     if not callable(app):
         print(f"{WRONG}: {name}: pass the FastAPI app itself (limited_app = FastAPI() ...), not a {type(app).__name__}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.exercises.core import CORRECT, NOT_DONE, WRONG, _not_done
+from helpers.exercises.core import CORRECT, WRONG, _not_done, _unanswered
 
 GATE_EXERCISE = {"margin": 0.05, "tolerance": 0.02, "seed": 0}  # the rule exercise 1 of 11 asks for
 
@@ -111,8 +111,7 @@ def check_weights_sha256(answer, path) -> None:
     """Exercise 2 of ``11_iteration.ipynb``: the sha256 (hex) of the file at ``path``, as ``hashlib`` computes it."""
     import hashlib
 
-    if answer is None or answer is Ellipsis:
-        print(f"{NOT_DONE}: sha256 of {Path(path).name}")
+    if _unanswered(f"sha256 of {Path(path).name}", answer):
         return
     hint = ("open the file in binary mode ('rb'), feed its bytes to hashlib.sha256() (read it in blocks for a "
             "large file) and take .hexdigest().")
