@@ -179,6 +179,13 @@ def labelled_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: to
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
+def batch_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss :func:`train` and :func:`evaluate_loss` take: every token its own target, or ``labels``' (09)."""
+    if labels is None:
+        return causal_lm_loss(model(input_ids).logits, input_ids)  # forward, then shifted-label cross-entropy
+    return labelled_lm_loss(model, input_ids, labels)  # the LM head only where a label is
+
+
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: int, device, labels=None) -> float:
     """Mean next-token loss over the first ``max_batches`` batches of ``blocks`` (every scored token weighs the same).
@@ -193,8 +200,7 @@ def evaluate_loss(model: torch.nn.Module, blocks, batch_size: int, max_batches: 
             targets = None if labels is None else torch.from_numpy(
                 np.stack([np.asarray(labels[i], dtype=np.int64) for i in rows])).to(device)
             n = int(((batch if targets is None else targets)[:, 1:] != IGNORE_INDEX).sum())
-            loss = causal_lm_loss(model(batch).logits, batch) if targets is None else labelled_lm_loss(model, batch, targets)
-            total += loss.item() * n
+            total += batch_lm_loss(model, batch, targets).item() * n
             count += n
     return total / max(count, 1)
 
@@ -452,11 +458,7 @@ def _accumulate_gradients(accelerator, model, train_blocks, config: TrainConfig,
             accelerator.device)  # the same rows: the order depends only on (seed, epoch, number of blocks)
         sync = micro == config.grad_accum_steps - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            if labels is None:
-                loss = causal_lm_loss(model(batch).logits, batch)  # forward, then shifted-label cross-entropy
-            else:
-                loss = labelled_lm_loss(model, batch, labels)  # the LM head only where a label is
-            loss = loss / config.grad_accum_steps
+            loss = batch_lm_loss(model, batch, labels) / config.grad_accum_steps
             accelerator.backward(loss)  # gradients add up over micro-batches
         loss_sum += loss.item()
     return loss_sum
