@@ -94,3 +94,30 @@ def _call(fn: Callable, args: tuple, hint: str):
     except (TypeError, ValueError, RuntimeError):
         print(f"{WRONG}: your function returned a {type(result).__name__}, not a tensor. Hint: {hint}")
         return None
+
+
+def _schedule_gap(name: str, fn: Callable, cases, make_scheduler: Callable, reference: str, hint: str) -> float | None:
+    """The largest |difference| between ``fn(step, peak_lr, warmup_steps, num_steps)`` and a scheduler, at every step.
+
+    ``make_scheduler(peak_lr, warmup_steps, num_steps)`` returns ``(optimizer, scheduler)``; ``cases`` are
+    ``(peak_lr, warmup_steps, num_steps)``. None after printing the first step where ``fn`` raises or differs
+    from ``reference`` (04's and 05's warmup + cosine exercises).
+    """
+    worst = 0.0
+    for peak_lr, warmup_steps, num_steps in cases:
+        optimizer, scheduler = make_scheduler(peak_lr, warmup_steps, num_steps)
+        for step in range(num_steps + 1):
+            expected = scheduler.get_last_lr()[0]
+            case = f"step {step} of {num_steps} (warmup {warmup_steps}, peak {peak_lr:g})"
+            try:
+                got = float(fn(step, peak_lr, warmup_steps, num_steps))
+            except Exception as error:  # a learner's bug must not stop the notebook
+                print(f"{WRONG}: {name}: at {case} your function raised {type(error).__name__}: {error}. Hint: {hint}")
+                return None
+            if not abs(got - expected) <= 1e-9 * peak_lr:
+                print(f"{WRONG}: {name}: at {case} you give {got:.6g}, {reference} {expected:.6g}. Hint: {hint}")
+                return None
+            worst = max(worst, abs(got - expected))
+            optimizer.step()
+            scheduler.step()
+    return worst

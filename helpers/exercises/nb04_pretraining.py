@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from helpers.exercises.core import CORRECT, WRONG, _check, _not_done
+from helpers.exercises.core import CORRECT, WRONG, _check, _not_done, _schedule_gap
 
 _SCHEDULE_CASES = ((2e-3, 200, 1800), (1e-3, 0, 20), (5e-4, 3, 7))  # (peak_lr, warmup_steps, num_steps)
 
@@ -22,24 +22,14 @@ def check_pretrain_schedule(fn: Callable | None) -> None:
         return
     hint = ("during warmup the rate grows linearly, peak_lr * step / warmup_steps; then with "
             "progress = (step - warmup_steps) / (num_steps - warmup_steps) it is peak_lr * 0.5 * (1 + cos(pi * progress)).")
-    worst = 0.0
-    for peak_lr, warmup_steps, num_steps in _SCHEDULE_CASES:
+
+    def make_scheduler(peak_lr, warmup_steps, num_steps):
         recipe = replace(SHIPPED, lr=peak_lr, warmup_steps=warmup_steps, num_steps=num_steps)
-        optimizer, scheduler = optimizer_and_scheduler(torch.nn.Linear(1, 1), recipe)
-        for step in range(num_steps + 1):
-            expected = scheduler.get_last_lr()[0]
-            try:
-                got = float(fn(step, peak_lr, warmup_steps, num_steps))
-            except Exception as error:  # a learner's bug must not stop the notebook
-                print(f"{WRONG}: {name}: at step {step} your function raised {type(error).__name__}: {error}. Hint: {hint}")
-                return
-            if not abs(got - expected) <= 1e-9 * peak_lr:
-                print(f"{WRONG}: {name}: at step {step} of {num_steps} (warmup {warmup_steps}) you give {got:.6g}, "
-                      f"the loop's scheduler {expected:.6g}. Hint: {hint}")
-                return
-            worst = max(worst, abs(got - expected))
-            optimizer.step()
-            scheduler.step()
+        return optimizer_and_scheduler(torch.nn.Linear(1, 1), recipe)
+
+    worst = _schedule_gap(name, fn, _SCHEDULE_CASES, make_scheduler, "the loop's scheduler", hint)
+    if worst is None:
+        return
     print(f"{CORRECT}: {name}: every step of {len(_SCHEDULE_CASES)} schedules equals the loop's (max |difference| {worst:.1e})")
 
 

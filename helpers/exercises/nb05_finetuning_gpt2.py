@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from helpers.exercises.core import CORRECT, WRONG, _call, _check, _not_done
+from helpers.exercises.core import CORRECT, WRONG, _call, _check, _not_done, _schedule_gap
 
 _SCHEDULE_CASES = ((3e-4, 10, 100), (1e-3, 0, 20), (5e-4, 3, 7), (6e-4, 1, 2))  # (peak_lr, warmup_steps, num_steps)
 
@@ -82,23 +82,12 @@ def check_lr_schedule(fn: Callable | None) -> None:
     hint = ("during warmup (step < warmup_steps) the rate grows linearly: peak_lr * step / warmup_steps; then "
             "progress = (step - warmup_steps) / (num_steps - warmup_steps) and the rate is "
             "peak_lr * 0.5 * (1 + cos(pi * progress)).")
-    worst = 0.0
-    for peak_lr, warmup_steps, num_steps in _SCHEDULE_CASES:
+    def make_scheduler(peak_lr, warmup_steps, num_steps):
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
-        schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, num_steps)
-        for step in range(num_steps + 1):
-            expected = schedule.get_last_lr()[0]
-            case = f"step {step} of {num_steps} (warmup {warmup_steps}, peak {peak_lr:g})"
-            try:
-                got = float(fn(step, peak_lr, warmup_steps, num_steps))
-            except Exception as error:  # a learner's bug must not stop the notebook
-                print(f"{WRONG}: {name}: at {case} your function raised {type(error).__name__}: {error}. Hint: {hint}")
-                return
-            if not abs(got - expected) <= 1e-9 * peak_lr:
-                print(f"{WRONG}: {name}: at {case} you give {got:.6g}, the reference {expected:.6g}. Hint: {hint}")
-                return
-            worst = max(worst, abs(got - expected))
-            optimizer.step()
-            schedule.step()
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup_steps, num_steps)
+
+    worst = _schedule_gap(name, fn, _SCHEDULE_CASES, make_scheduler, "the reference", hint)
+    if worst is None:
+        return
     print(f"{CORRECT}: {name}: every step of {len(_SCHEDULE_CASES)} schedules equals transformers' "
           f"get_cosine_schedule_with_warmup (max |difference| {worst:.1e})")
