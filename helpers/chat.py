@@ -341,8 +341,8 @@ def build_mixture(settings: Settings | None = None, texts: dict[str, dict[str, s
     """The training conversations of 09, shuffled: one per training item, identity, multi-turn mixes.
 
     Introduced in ``09_assistant.ipynb``. Sizes come from the settings (``sft_items_per_family``,
-    ``sft_sentiment_items``, ``sft_multi_turn``); a multi-turn conversation chains 2-3 training items, so the template and
-    the mask see history. Only training documents and splits are read.
+    ``sft_sentiment_items``, ``sft_multi_turn``); a multi-turn conversation chains 2-3 training
+    items, so the template and the mask see history. Only training documents and splits are read.
     """
     settings = settings or get_settings()
     sizes = {**dict.fromkeys(FAMILIES, settings.sft_items_per_family), "sentiment": settings.sft_sentiment_items}
