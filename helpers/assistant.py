@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from helpers.chat import (
     END,
@@ -35,7 +36,7 @@ from helpers.chat import (
 from helpers.classification import accuracy_interval  # 08's bootstrap over items, reused
 from helpers.deployment import export_release, manifest_mode, read_manifest
 from helpers.models import load_model, load_tokenizer, resolve_model_source
-from helpers.runtime import eval_mode
+from helpers.runtime import cache_keyword, eval_mode
 from helpers.settings import Settings, display_path, get_settings
 from helpers.training import TrainConfig, TrainResult, train
 
@@ -50,11 +51,20 @@ def assistant_dir(settings: Settings | None = None) -> Path:
 
 
 def chat_model(settings: Settings | None = None):
-    """``(model, chat_tokenizer, base_location)``: the course's base model with the turn tokens added (09)."""
-    source = resolve_model_source(settings or get_settings())
+    """``(model, chat_tokenizer, base_location)``: the course's base model with the turn tokens added (09).
+
+    Its dropout is the ``sft_dropout`` setting (chosen on 09's validation replies), in every
+    dropout layer and in the config a release saves.
+    """
+    settings = settings or get_settings()
+    source = resolve_model_source(settings)
     model, _ = load_model(source)
     tokenizer = chat_tokenizer(load_tokenizer(source))
     add_turn_tokens(model, tokenizer)
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = settings.sft_dropout
+    model.config.update(dict.fromkeys(("embd_pdrop", "attn_pdrop", "resid_pdrop"), settings.sft_dropout))
     return model, tokenizer, source.location
 
 
@@ -136,43 +146,55 @@ def generate_replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
     return replies
 
 
+def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` of token ids as one right-padded batch: ``(ids, attention mask)``."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids, (torch.arange(width)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
+
+
 @torch.no_grad()
 def answer_logprobs(model, tokenizer, contexts: Sequence[str], candidates: Sequence[Sequence[str]],
-                    batch_size: int = 64) -> list[list[float]]:
+                    batch_size: int = 16) -> list[list[float]]:
     """``log p(candidate | context)`` summed over the candidate's tokens, for every candidate of every context (09).
 
     lm-evaluation-harness's multiple choice: context and candidate are tokenized apart and joined;
-    a context too long for the model loses its oldest tokens. Only the candidate positions go
-    through the LM head (the 50,257-way matrix is most of the cost).
+    a context too long for the model loses its oldest tokens. Each context runs through the model
+    once and its key/value cache is shared by its candidates (a first-word item has a candidate per
+    word of its line), and only the candidate positions go through the LM head (the 50,257-way
+    matrix is most of the cost). ``batch_size`` counts contexts.
     """
     device = next(model.parameters()).device
     limit = getattr(model.config, "n_positions", 1024)
-    rows = []  # (token ids, number of candidate tokens at the end)
-    for context, options in zip(contexts, candidates, strict=True):
-        context_ids = tokenizer(context).input_ids
-        for option in options:
-            option_ids = tokenizer(option).input_ids
-            rows.append((context_ids[-(limit - len(option_ids)):] + option_ids, len(option_ids)))
-    scores = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    body, head, scores = model.base_model, model.get_output_embeddings(), []
+    keyword = cache_keyword(body)
     with eval_mode(model):
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # masked, never scored
-            for r, (row, _) in enumerate(chunk):
-                ids[r, : len(row)] = torch.tensor(row)
-            mask = (torch.arange(width)[None] < torch.tensor([len(row) for row, _ in chunk])[:, None]).long()
-            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            # Position t predicts token t+1: the n candidate tokens of a row are predicted from the n positions before them.
-            row_of = torch.tensor([r for r, (row, n) in enumerate(chunk) for _ in range(n)])
-            position = torch.tensor([t for row, n in chunk for t in range(len(row) - n - 1, len(row) - 1)])
-            logits = model.get_output_embeddings()(hidden[row_of.to(device), position.to(device)]).float()
-            targets = ids[row_of, position + 1].to(device)
-            token_scores = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].cpu()
-            scores += torch.zeros(len(chunk)).index_add_(0, row_of, token_scores).tolist()
+        for start in range(0, len(contexts), batch_size):
+            options = [[tokenizer(o).input_ids for o in opts] for opts in candidates[start : start + batch_size]]
+            context_ids = [tokenizer(c).input_ids[-(limit - max(map(len, opts))):]
+                           for c, opts in zip(contexts[start : start + batch_size], options, strict=True)]
+            ids, mask = _right_padded(context_ids, pad)
+            cache, lengths = DynamicCache(config=model.config), mask.sum(1)
+            last = body(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                        **{keyword: cache}).last_hidden_state[torch.arange(len(options)), lengths - 1]
+            owner = torch.tensor([c for c, opts in enumerate(options) for _ in opts])  # each option's context
+            cache.reorder_cache(owner.to(device))  # a copy of its context's keys and values per option
+            option_ids, option_mask = _right_padded([o for opts in options for o in opts], pad)
+            hidden = body(input_ids=option_ids.to(device), attention_mask=torch.cat([mask[owner], option_mask], 1).to(device),
+                          position_ids=(lengths[owner][:, None] + torch.arange(option_ids.shape[1])).to(device),
+                          **{keyword: cache}).last_hidden_state
+            # An option's first token is predicted by its context's last position, its token j by its own j - 1.
+            scored = option_mask.bool()
+            predictors = torch.cat([last[owner.to(device)][:, None], hidden[:, :-1]], 1)[scored.to(device)]
+            token_scores = torch.log_softmax(head(predictors).float(), -1).gather(
+                1, option_ids[scored].to(device)[:, None])[:, 0].cpu()
+            row_of = torch.arange(len(owner))[:, None].expand_as(scored)[scored]
+            scores += torch.zeros(len(owner)).index_add_(0, row_of, token_scores).tolist()
     flat = iter(scores)
-    return [[next(flat) for _ in options] for options in candidates]
+    return [[next(flat) for _ in opts] for opts in candidates]
 
 
 def likelihood_answers(model, tokenizer, contexts: Sequence[str], items: Sequence[Item],

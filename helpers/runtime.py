@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import inspect
 import os
 import random
 import sys
@@ -156,6 +157,12 @@ def eval_mode(model: torch.nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name of ``model.forward``'s key/value-cache argument: transformers 5 renamed
+    ``past_key_values`` to ``cache``; both spellings are met (09's likelihood scoring, 10's engine)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def in_colab() -> bool:

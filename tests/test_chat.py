@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -125,6 +126,15 @@ def test_new_rows_start_at_the_mean_and_the_head_stays_tied(random_gpt2, chat_to
     assert model.generation_config.eos_token_id == chat_tok.convert_tokens_to_ids(chat.END)
 
 
+def test_the_chat_model_trains_with_the_dropout_its_settings_name():
+    """Every dropout layer and the saved config carry ``sft_dropout``; eval mode still turns them off."""
+    for rate in (0.0, 0.25):
+        model, _, _ = assistant.chat_model(dataclasses.replace(get_settings(), sft_dropout=rate))
+        layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert layers and all(m.p == rate for m in layers)
+        assert model.config.embd_pdrop == model.config.attn_pdrop == model.config.resid_pdrop == rate
+
+
 def test_loss_with_labels_is_transformers_loss(random_gpt2, chat_tok):
     model = random_gpt2()
     chat.add_turn_tokens(model, chat_tok)
@@ -153,13 +163,17 @@ def test_the_head_only_where_labels_are_gives_transformers_loss_and_gradients(ra
 
 
 def test_answer_logprobs_equal_transformers_loss(random_gpt2, tokenizer):
-    model = random_gpt2()
-    context, answers = "Is this review positive or negative?\n\nDull.\nAnswer:", [" negative", " William Shakespeare"]
-    got = assistant.answer_logprobs(model, tokenizer, [context, context + " no"], [answers, answers[:1]])
-    for row, options in zip(got, [answers, answers[:1]], strict=True):
-        for score, answer in zip(row, options, strict=True):
-            c_ids = tokenizer(context if len(options) == 2 else context + " no").input_ids
-            a_ids = tokenizer(answer).input_ids
+    """Contexts of different lengths share their cache with options of different lengths; one is cut to fit."""
+    model = random_gpt2(n_positions=24)
+    context = "Is this review positive or negative?\n\nDull.\nAnswer:"
+    contexts = [context, context + " no", "A much longer context, " * 4 + context]
+    options = [[" negative", " William Shakespeare"], [" negative"], [" Jane Austen", " no", " Mary Shelley's Frankenstein"]]
+    assert len(tokenizer(contexts[2]).input_ids) > 24  # the model sees only its newest tokens
+    got = assistant.answer_logprobs(model, tokenizer, contexts, options, batch_size=2)
+    for row, text, answers in zip(got, contexts, options, strict=True):
+        keep = 24 - max(len(tokenizer(a).input_ids) for a in answers)
+        for score, answer in zip(row, answers, strict=True):
+            c_ids, a_ids = tokenizer(text).input_ids[-keep:], tokenizer(answer).input_ids
             ids = torch.tensor([c_ids + a_ids])
             labels = torch.tensor([[-100] * len(c_ids) + a_ids])
             assert score == pytest.approx(-model(ids, labels=labels).loss.item() * len(a_ids), abs=1e-4)

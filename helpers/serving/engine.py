@@ -20,7 +20,6 @@ gets (up to float rounding: a batched matrix product may sum in another order).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from helpers.runtime import cache_keyword
 from helpers.serving.chat import end_of_turn_id
 from helpers.serving.limits import DEFAULT_LIMITS, ServingLimits
 from helpers.serving.metrics import ServingMetrics, new_metrics
@@ -348,8 +348,7 @@ class Engine:
         self.device = next(model.parameters()).device
         lay_out_output_projection(model)
         self.tokenizer_lock = threading.Lock()  # the event loop encodes while this thread decodes
-        # transformers 5 renamed forward's ``past_key_values`` to ``cache``; accept both spellings.
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_keyword(model)
         if not all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers):
             raise ValueError("this engine batches full-attention KV caches (GPT-2's); the model's cache has other "
                              "layer types (sliding windows?)")
