@@ -134,10 +134,13 @@ def sliding_window_nll(
             labels = inputs.clone()
             for row, (b, e, n) in enumerate(group):
                 labels[row, : (e - b) - n] = -100
-            logits = model(inputs).logits.float()
+            # The LM head (most of the work in a small model) runs only on the last `keep` positions:
+            # the ones that predict a scored token, and the window's last one, which predicts nothing.
+            keep = min(inputs.shape[1], max(n for _, _, n in group) + 1)
+            logits = model(inputs, logits_to_keep=keep).logits.float()
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)),
-                labels[:, 1:].reshape(-1),
+                labels[:, inputs.shape[1] - keep + 1 :].reshape(-1),
                 ignore_index=-100,
                 reduction="sum",
             )
