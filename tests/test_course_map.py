@@ -221,6 +221,14 @@ def test_committed_figures_are_drawn(path):
     assert not blank, f"{path.name}: cells {blank} hold figures without their image; re-run with `make course` (cpu mode)"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_cells_carry_no_run_timings(path):
+    """nbclient's per-cell timestamps change every cell at every run (a diff of noise); `make course`
+    reads them for its slowest-cells line and strips them before it writes a notebook."""
+    timed = [index for index, cell in enumerate(_read(path).cells) if "execution" in cell.get("metadata", {})]
+    assert not timed, f"{path.name}: cells {timed} carry execution timestamps; re-run with `make outputs`"
+
+
 # --- the glossary ---------------------------------------------------------------------------
 
 

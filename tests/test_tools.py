@@ -112,7 +112,10 @@ def test_in_place_writes_outputs_back_and_stops_at_the_first_failure(tmp_path, m
     printed = capfd.readouterr()  # the kernels' own stderr included: they write to this process's descriptors
 
     assert status == 1
-    assert nbformat.read(notebooks / "01_ok.ipynb", as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    written = nbformat.read(notebooks / "01_ok.ipynb", as_version=4).cells[0]
+    assert written.outputs[0]["text"] == "42\n"
+    assert "execution" not in written.metadata, "the run's timestamps are read for the slowest cells, then dropped"
+    assert re.search(r"ran in [\d.]+ s \(slowest: cell 0 [\d.]+ s\)", printed.out)
     assert (notebooks / "02_fails.ipynb").read_bytes() == untouched, "a failed run must not rewrite the notebook"
     assert "02_fails.ipynb failed in cell 0" in printed.err and "ZeroDivisionError" in printed.err
     assert "03_never" not in printed.out, "the runner stops at the first failure"

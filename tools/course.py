@@ -3,8 +3,9 @@
 ``python -m tools.course`` executes every notebook in order, each in a fresh kernel, in the
 current ``COURSE_MODE``. It saves the executed copies and their HTML exports under
 ``artifacts/executed/<mode>/`` and prints a summary table: notebook, status, seconds, and the
-key figures each notebook recorded with :func:`helpers.report.record_figures`. On a failure it
-stops and names the notebook and the cell.
+key figures each notebook recorded with :func:`helpers.report.record_figures`; after each notebook
+it names its five slowest cells (where to look when a notebook runs over its minutes). On a
+failure it stops and names the notebook and the cell.
 
 ``--in-place 03 06`` also writes each named notebook, once it ran without an error, back into
 ``notebooks/`` with its new outputs, progress bars off: that is how committed outputs are made
@@ -23,6 +24,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -105,7 +107,7 @@ def execute_notebook(path: Path, timeout_per_cell: int = 1800, progress: bool = 
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_per_cell, kernel_name="python3", record_timing=False,
+    client = NotebookClient(nb, timeout=timeout_per_cell, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent)}}, config=kernel_config())
     env = {**os.environ, "MPLBACKEND": INLINE_BACKEND, **({} if progress else NO_PROGRESS_BARS)}
     start = time.perf_counter()
@@ -115,6 +117,21 @@ def execute_notebook(path: Path, timeout_per_cell: int = 1800, progress: bool = 
     except CellExecutionError:
         ok = False
     return nb, ok, time.perf_counter() - start
+
+
+def slowest_cells(nb, count: int = 5) -> list[tuple[int, float]]:
+    """``(cell index, seconds)`` of the ``count`` slowest code cells, from nbclient's timing metadata,
+    which this removes (it would change every committed cell at each run)."""
+    def isoparse(stamp: str) -> datetime:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # Python 3.10 reads no "Z"
+
+    seconds = []
+    for index, cell in enumerate(nb.cells):
+        times = cell.get("metadata", {}).pop("execution", {})
+        if "iopub.execute_input" in times and "shell.execute_reply" in times:
+            took = isoparse(times["shell.execute_reply"]) - isoparse(times["iopub.execute_input"])
+            seconds.append((index, took.total_seconds()))
+    return sorted(seconds, key=lambda pair: -pair[1])[:count]
 
 
 def _save_executed(nb, path: Path, out_dir: Path) -> None:
@@ -148,11 +165,12 @@ def run_course(paths: list[Path], timeout_per_cell: int = 1800, in_place: bool =
     for path in paths:
         print(f"running {path.name} in {settings.mode} mode ...", flush=True)
         nb, ok, seconds = execute_notebook(path, timeout_per_cell, progress=not in_place)
+        slowest = ", ".join(f"cell {index} {took:.1f} s" for index, took in slowest_cells(nb))
         _save_executed(nb, path, out_dir)
         figures_file = settings.artifacts_dir / FIGURES_DIR / f"{path.stem[:2]}.json"
         figures = json.loads(figures_file.read_text()) if ok and figures_file.exists() else {}
         rows.append((path.name, "ok" if ok else "FAILED", seconds, _format_figures(figures)))
-        print(f"  {'ran' if ok else 'FAILED'} in {seconds:.1f} s", flush=True)
+        print(f"  {'ran' if ok else 'FAILED'} in {seconds:.1f} s (slowest: {slowest})", flush=True)
         if not ok:
             _report_failure(nb, path, out_dir)
             status = 1
