@@ -33,7 +33,7 @@ from helpers.chat import (
     instruction_items,
     pack_conversations,
 )
-from helpers.classification import accuracy_interval  # 08's bootstrap over items, reused
+from helpers.classification import accuracy_interval, right_padded  # 08's bootstrap over items and padding, reused
 from helpers.deployment import export_release, manifest_mode, read_manifest
 from helpers.models import load_model, load_tokenizer, resolve_model_source
 from helpers.runtime import cache_keyword, eval_mode
@@ -146,15 +146,6 @@ def generate_replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
     return replies
 
 
-def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` of token ids as one right-padded batch: ``(ids, attention mask)``."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids, (torch.arange(width)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
-
-
 @torch.no_grad()
 def answer_logprobs(model, tokenizer, contexts: Sequence[str], candidates: Sequence[Sequence[str]],
                     batch_size: int = 16) -> list[list[float]]:
@@ -176,19 +167,21 @@ def answer_logprobs(model, tokenizer, contexts: Sequence[str], candidates: Seque
             options = [[tokenizer(o).input_ids for o in opts] for opts in candidates[start : start + batch_size]]
             context_ids = [tokenizer(c).input_ids[-(limit - max(map(len, opts))):]
                            for c, opts in zip(contexts[start : start + batch_size], options, strict=True)]
-            ids, mask = _right_padded(context_ids, pad)
+            ids, mask = right_padded(context_ids, pad)
             cache, lengths = DynamicCache(config=model.config), mask.sum(1)
             last = body(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
                         **{keyword: cache}).last_hidden_state[torch.arange(len(options)), lengths - 1]
             owner = torch.tensor([c for c, opts in enumerate(options) for _ in opts])  # each option's context
-            cache.reorder_cache(owner.to(device))  # a copy of its context's keys and values per option
-            option_ids, option_mask = _right_padded([o for opts in options for o in opts], pad)
+            owner_on_device = owner.to(device)
+            cache.reorder_cache(owner_on_device)  # a copy of its context's keys and values per option
+            last = last[owner_on_device]
+            option_ids, option_mask = right_padded([o for opts in options for o in opts], pad)
             hidden = body(input_ids=option_ids.to(device), attention_mask=torch.cat([mask[owner], option_mask], 1).to(device),
                           position_ids=(lengths[owner][:, None] + torch.arange(option_ids.shape[1])).to(device),
                           **{keyword: cache}).last_hidden_state
             # An option's first token is predicted by its context's last position, its token j by its own j - 1.
             scored = option_mask.bool()
-            predictors = torch.cat([last[owner.to(device)][:, None], hidden[:, :-1]], 1)[scored.to(device)]
+            predictors = torch.cat([last[:, None], hidden[:, :-1]], 1)[scored.to(device)]
             token_scores = torch.log_softmax(head(predictors).float(), -1).gather(
                 1, option_ids[scored].to(device)[:, None])[:, 0].cpu()
             row_of = torch.arange(len(owner))[:, None].expand_as(scored)[scored]

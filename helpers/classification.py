@@ -306,6 +306,16 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def right_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id ``rows`` as one right-padded batch: ``(input_ids, attention_mask)`` (08's encoding, 09's scoring)."""
+    input_ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
 def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` for ``texts``, cut at ``max_tokens`` (08).
 
@@ -315,11 +325,7 @@ def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> dict[str, torch.
     rows = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
     if not rows or any(len(row) == 0 for row in rows):
         raise ValueError("every text needs at least one token; drop empty texts first")
-    input_ids = torch.full((len(rows), max(map(len, rows))), EOS_ID)  # (B, T)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
+    input_ids, attention_mask = right_padded(rows, EOS_ID)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
