@@ -1,14 +1,14 @@
-"""Instruction tuning's model side (09): the runs, exact scoring of replies and answers, the assistant release.
+"""Instruction tuning's model side (09): the runs, likelihood scoring of answers, the assistant release.
 
 Introduced in ``09_assistant.ipynb``; the text side (template, mixture, mask) is :mod:`helpers.chat`.
 
 * :func:`chat_model` loads the base model with the turn tokens added; :func:`mixture_blocks`
   turns conversations into token blocks and label blocks (assistant-only or every token), which
   05's :func:`helpers.training.train` takes as they are.
-* Scoring is exact: :func:`generate_replies` (greedy, stops at ``<|end|>``) for the assistant's
-  replies, :func:`answer_logprobs` for likelihood scoring (lm-evaluation-harness's multiple
-  choice: the allowed answer with the highest summed log-probability is the model's answer), and
-  08's :func:`helpers.classification.accuracy_interval`, a bootstrap over items.
+* Scoring is exact: 09's cells generate greedy replies (up to ``<|end|>``) and score them with
+  08's :func:`helpers.classification.accuracy_interval`; :func:`answer_logprobs` gives likelihood
+  scoring (lm-evaluation-harness's multiple choice: the allowed answer with the highest summed
+  log-probability is the model's answer).
 * :func:`ensure_assistant_release` is what notebook 10 calls: ``artifacts/models/assistant/``,
   a ``save_pretrained`` folder with the tokenizer and its chat template, rebuilt when missing.
 """
@@ -23,7 +23,6 @@ import torch
 from transformers import DynamicCache
 
 from helpers.chat import (
-    END,
     Item,
     Mixture,
     add_turn_tokens,
@@ -33,7 +32,7 @@ from helpers.chat import (
     instruction_items,
     pack_conversations,
 )
-from helpers.classification import accuracy_interval, right_padded  # 08's bootstrap over items and padding, reused
+from helpers.classification import right_padded  # 08's padding, reused
 from helpers.deployment import export_release, manifest_mode, read_manifest
 from helpers.models import load_model, load_tokenizer, resolve_model_source
 from helpers.runtime import cache_keyword, eval_mode
@@ -118,34 +117,6 @@ def chat_prompt(tokenizer, item: Item) -> str:
     return tokenizer.apply_chat_template(item.messages()[:1], tokenize=False, add_generation_prompt=True)
 
 
-def few_shot_prompt(item: Item, shots: Sequence[Item]) -> str:
-    """A base model's prompt (lm-evaluation-harness style): solved ``shots``, then the question and ``Answer:`` (09)."""
-    solved = "".join(f"{shot.prompt}\nAnswer: {shot.answer}\n\n" for shot in shots)
-    return f"{solved}{item.prompt}\nAnswer:"
-
-
-@torch.no_grad()
-def generate_replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = MAX_REPLY_TOKENS,
-                     batch_size: int = 128) -> list[str]:
-    """Greedy replies to rendered ``prompts``, each up to its ``<|end|>`` (09)."""
-    device = next(model.parameters()).device
-    end_id = tokenizer.convert_tokens_to_ids(END)
-    replies = []
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row at its end
-    try:
-        with eval_mode(model):
-            for start in range(0, len(prompts), batch_size):
-                batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id,
-                                     pad_token_id=tokenizer.pad_token_id)
-                new = out[:, batch["input_ids"].shape[1]:].tolist()
-                replies += [tokenizer.decode(row[: row.index(end_id)] if end_id in row else row,
-                                             skip_special_tokens=True).strip() for row in new]
-    finally:
-        tokenizer.padding_side = side
-    return replies
-
-
 @torch.no_grad()
 def answer_logprobs(model, tokenizer, contexts: Sequence[str], candidates: Sequence[Sequence[str]],
                     batch_size: int = 16) -> list[list[float]]:
@@ -188,30 +159,6 @@ def answer_logprobs(model, tokenizer, contexts: Sequence[str], candidates: Seque
             scores += torch.zeros(len(owner)).index_add_(0, row_of, token_scores).tolist()
     flat = iter(scores)
     return [[next(flat) for _ in opts] for opts in candidates]
-
-
-def likelihood_answers(model, tokenizer, contexts: Sequence[str], items: Sequence[Item],
-                       prefix: str = "") -> list[str]:
-    """The allowed answer each context makes most likely (``prefix`` goes before every candidate, e.g. a space) (09)."""
-    options = [[prefix + c for c in item.choices] for item in items]
-    scores = answer_logprobs(model, tokenizer, contexts, options)
-    return [item.choices[int(np.argmax(s))] for item, s in zip(items, scores, strict=True)]
-
-
-def score_assistant(model, tokenizer, items: Sequence[Item], likelihood: bool = True) -> dict:
-    """The assistant on ``items`` of one family: replies, exact match, allowed share, likelihood accuracy (09).
-
-    ``likelihood=False`` skips the likelihood scoring (09's validation comparison needs replies only).
-    """
-    prompts = [chat_prompt(tokenizer, item) for item in items]
-    replies = generate_replies(model, tokenizer, prompts)
-    scores = {"replies": replies,
-              "exact": accuracy_interval([r == i.answer for r, i in zip(replies, items, strict=True)]),
-              "allowed": float(np.mean([r in i.choices for r, i in zip(replies, items, strict=True)]))}
-    if likelihood:
-        picked = likelihood_answers(model, tokenizer, prompts, items)
-        scores["likelihood"] = accuracy_interval([p == i.answer for p, i in zip(picked, items, strict=True)])
-    return scores
 
 
 # --------------------------------------------------------------------------- the release

@@ -1,6 +1,7 @@
 """The service's chat page in a real, headless browser: Debian's Chromium driven by playwright.
 
-``10_deployment.ipynb`` asks its assistant a question through the page and shows the screenshot;
+``10_deployment.ipynb`` asks its assistant a question through the page (its ``ask_in_chat_page``)
+and shows the screenshot;
 ``tests/test_browser.py`` drives the same page further (hostile text, the Stop button). Nothing is
 downloaded: playwright drives the system Chromium through ``executable_path``.
 """
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 CHROMIUM_ARGS = [  # no network here: keep Chromium from calling home
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -50,31 +49,3 @@ def send_message(page, text: str, max_tokens: int, temperature: float | None = N
     page.fill("#prompt", text)
     page.click("#send")
 
-
-def ask_in_chat_page(url: str, question: str, screenshot: Path, *, api_key: str | None = None,
-                     max_tokens: int = 16, timeout_s: float = 120) -> str:
-    """Ask ``question`` in the chat page at ``url`` (greedy), wait for the whole reply, save a screenshot.
-
-    Returns the reply as the page shows it. Used by ``10_deployment.ipynb``."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as error:
-        raise BrowserUnavailable("playwright is not installed (pip install -e .[dev])") from error
-    chromium = find_chromium()
-
-    def drive() -> str:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 900, "height": 640})
-                open_chat_page(page, url, api_key, timeout_s)
-                send_message(page, question, max_tokens, temperature=0)
-                page.wait_for_function(REPLY_DONE, timeout=timeout_s * 1000)
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot))
-                return page.locator(".assistant .content").last.text_content()
-            finally:
-                browser.close()
-
-    with ThreadPoolExecutor(1) as pool:  # playwright's sync API refuses to run in a thread with an event loop (Jupyter's)
-        return pool.submit(drive).result()

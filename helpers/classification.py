@@ -7,7 +7,7 @@ training split and ``10_deployment.ipynb`` serves the release. Read top to botto
    ``data/raw/sentiment/`` (``tools/collect_data.py`` made them), checked against their
    checksums; a label is the sign of the mean human rating, ``|mean| < 1`` is set aside as
    ambiguous; movie snippets are split with a fixed seed, near-duplicates kept together;
-2. scores: accuracy with a bootstrap interval, calibration bins and expected calibration error;
+2. scores: accuracy with a bootstrap interval (08 writes its calibration bins in a cell);
 3. the classifier: ``GPT2ForSequenceClassification`` on the mode's base (08 writes the head on the
    last real token by hand first, and a test proves the two equal), what to train, the loop;
 4. the release at ``artifacts/models/sentiment/``, exported with 10's ``export_release`` and
@@ -212,7 +212,7 @@ def label_counts(settings: Settings | None = None) -> dict[str, dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Scores with intervals, calibration
+# 2. Scores with intervals
 # ---------------------------------------------------------------------------------------------
 
 
@@ -230,26 +230,6 @@ def accuracy_interval(correct, num_samples: int = 2000, confidence: float = 0.95
     index = np.random.default_rng(seed).integers(0, len(flags), size=(num_samples, len(flags)))
     low, high = np.percentile(flags[index].mean(axis=1), [50 * (1 - confidence), 50 * (1 + confidence)])
     return Interval(float(flags.mean()), float(low), float(high))
-
-
-def calibration_bins(confidence, correct, num_bins: int = 10) -> tuple[float, list[tuple[float, float, int]]]:
-    """Expected calibration error and ``(mean confidence, accuracy, count)`` per non-empty bin (08).
-
-    Confidences (the predicted class's probability) are put in ``num_bins`` equal-width bins
-    over [0, 1]; ECE is the count-weighted mean of ``|accuracy - confidence|`` over the bins.
-    """
-    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-    if confidence.shape != correct.shape or not len(confidence):
-        raise ValueError(f"need one confidence per flag, got {confidence.shape} and {correct.shape}")
-    which = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
-    bins, ece = [], 0.0
-    for b in range(num_bins):
-        members = which == b
-        if members.any():
-            mean_conf, accuracy, count = confidence[members].mean(), correct[members].mean(), int(members.sum())
-            bins.append((float(mean_conf), float(accuracy), count))
-            ece += count / len(confidence) * abs(accuracy - mean_conf)
-    return float(ece), bins
 
 
 # ---------------------------------------------------------------------------------------------

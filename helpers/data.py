@@ -370,14 +370,6 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
 
 
 
-def split_paragraphs(text: str) -> list[str]:
-    """The paragraphs of a normalized text: the pieces between blank lines.
-
-    Introduced in ``02_data_preparation.ipynb``.
-    """
-    return [paragraph for piece in text.split("\n\n") if (paragraph := piece.strip("\n"))]
-
-
 @dataclass(frozen=True)
 class DedupStats:
     """What :func:`deduplicate` removed, and what it looked at."""
@@ -561,20 +553,6 @@ def pack_documents(token_arrays: Sequence[np.ndarray], eos_id: int = EOS_ID) -> 
     return stream, starts
 
 
-def unpack_documents(stream: np.ndarray, eos_id: int = EOS_ID) -> list[np.ndarray]:
-    """Split a packed stream back into its documents (the inverse of :func:`pack_documents`).
-
-    Introduced in ``02_data_preparation.ipynb``. Tokens after the last EOS (a stream cut at a
-    block boundary) come back as a last, partial document.
-    """
-    stream = np.asarray(stream)
-    ends = np.flatnonzero(stream == eos_id)
-    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, dtype=np.int64)
-    documents = [stream[s:e] for s, e in zip(starts, ends)]
-    tail = stream[ends[-1] + 1 :] if len(ends) else stream
-    return documents + ([tail] if len(tail) else [])
-
-
 def to_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
     """View a token stream as ``(num_blocks, block_size)``; the last partial block is left out.
 
@@ -602,19 +580,6 @@ class BlockDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"input_ids": torch.from_numpy(self.blocks[index].astype(np.int64))}
-
-
-def make_dataloader(
-    dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False
-) -> torch.utils.data.DataLoader:
-    """A ``DataLoader``; with ``shuffle=True`` its order comes from ``seed``, so runs repeat.
-
-    Introduced in ``02_data_preparation.ipynb``: shuffle the train split, never the others.
-    """
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,6 +639,23 @@ def tokenizer_fingerprint(tokenizer) -> dict:
     }
 
 
+class SplitLockedError(RuntimeError):
+    """The test split was read while :func:`lock_test_split` held it shut."""
+
+
+_locked_splits: set[str] = set()
+
+
+def lock_test_split(locked: bool = True) -> None:
+    """Shut (or, with ``locked=False``, open) the test split for every :class:`PreparedData` in this process.
+
+    05, 06 and 11 shut it before they make any choice and open it in the one cell that scores it,
+    at the end: a selection, a gate or a stopping rule that read the test split would stop the
+    notebook with :class:`SplitLockedError` instead of quietly reporting an optimistic number.
+    """
+    (_locked_splits.add if locked else _locked_splits.discard)("test")
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """What :func:`prepare` returns: where the files are, their manifest, and whether the cache served it."""
@@ -695,6 +677,9 @@ class PreparedData:
         """The split's packed token stream, memory-mapped (``uint16``)."""
         if split not in self.manifest["splits"]:
             raise KeyError(f"no split {split!r}; the splits are {', '.join(self.manifest['splits'])}")
+        if split in _locked_splits:
+            raise SplitLockedError(f"the {split} split is locked until the final report (lock_test_split(False) "
+                                   "opens it): a choice must read validation data")
         return np.load(self.paths[split], mmap_mode="r")
 
     def documents(self, split: str) -> dict[str, np.ndarray]:

@@ -45,7 +45,7 @@ from torch import nn
 
 from helpers.atomic import build_folder, sha256_file
 from helpers.cards import MANIFEST_FILE, WEIGHTS_FILE, model_card
-from helpers.evaluation import perplexity, weights_sha256
+from helpers.evaluation import weights_sha256
 from helpers.runtime import eval_mode
 
 DEFAULT_PROMPTS = (
@@ -408,37 +408,6 @@ def measure_generation(model: nn.Module, tokenizer, prompts: Sequence[str], max_
             tokens += generate(prompt, max_new_tokens)
         elapsed = time.perf_counter() - start
     return tokens / elapsed
-
-
-def quantization_table(
-    fp32_model: nn.Module,
-    int8_model: nn.Module,
-    tokenizer,
-    eval_ids: torch.Tensor,
-    prompts: Sequence[str] = DEFAULT_PROMPTS[:2],
-    max_new_tokens: int = 16,
-    context_len: int | None = None,
-) -> list[dict]:
-    """One row per variant: ``{"variant", "size_mb", "ms_per_token", "perplexity"}``.
-
-    Introduced in ``10_deployment.ipynb``. Both run on the CPU (int8 dynamic quantization
-    is a CPU technique; an fp32 model elsewhere is copied to the CPU for a fair race).
-    Size is :func:`model_size_bytes` in MB (10^6 bytes); latency is 1000 / tokens per
-    second of :func:`measure_generation`; perplexity is ``helpers.evaluation.perplexity``
-    over ``eval_ids`` with a window of ``context_len`` (default: the model's context).
-    """
-    if next(fp32_model.parameters()).device.type != "cpu":
-        fp32_model = copy.deepcopy(fp32_model).cpu()
-    context_len = context_len or fp32_model.config.n_positions
-    rows = []
-    for variant, model in (("fp32", fp32_model), ("int8", int8_model)):
-        rows.append({
-            "variant": variant,
-            "size_mb": model_size_bytes(model) / 1e6,
-            "ms_per_token": 1000.0 / measure_generation(model, tokenizer, prompts, max_new_tokens),
-            "perplexity": perplexity(model, eval_ids, context_len=context_len),
-        })
-    return rows
 
 
 # --------------------------------------------------------------------------- chat template

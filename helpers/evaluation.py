@@ -1,22 +1,20 @@
-"""Evaluation that tells the truth: perplexity done right, with intervals, samples and probes.
+"""Evaluation that tells the truth: perplexity done right, with intervals and samples.
 
 Introduced in ``07_evaluation.ipynb``; the tiny base's model card (``tools/pretrain_tiny_base.py``)
 and 05's before/after numbers use the same perplexity functions. Read top to bottom:
 
 1. perplexity: sliding windows, the naive split, one score per document (07 writes the loop first);
 2. intervals (07 writes the bootstrap in its cells; :func:`paired_bootstrap` is its hardened twin, for
-   the gate of 11) and perplexity per word and per byte;
-3. generation: decoding strategies side by side, with distinct-n and repetition figures;
-4. probes: robustness to perturbed input, and a template bias probe (with its caveats);
-5. the report that ``10_deployment.ipynb`` puts on the model card.
+   the gate of 11); 07 also writes perplexity per word and per byte in a cell;
+3. generation: decoding strategies side by side, with distinct-n and repetition figures
+   (07 writes its robustness and bias probes in its cells, on :func:`sliding_window_nll`);
+4. the report that ``10_deployment.ipynb`` puts on the model card.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -62,7 +60,7 @@ def window_spans(num_tokens: int, context_len: int, stride: int) -> list[tuple[i
     rest are context. The ``num_scored`` add up to ``num_tokens``: every token is covered
     exactly once. With ``stride == context_len`` this is the naive split into
     non-overlapping blocks, where each block's first token has no context and so cannot
-    actually be scored (see :func:`naive_nll`).
+    actually be scored (the naive split, ``stride == context_len``).
     """
     if context_len < 2:
         raise ValueError(f"context_len must be at least 2 (one token of context, one to score), got {context_len}")
@@ -147,16 +145,6 @@ def sliding_window_nll(
             nll_sum += loss.item()
             scored += int((labels[:, 1:] != -100).sum())
     return NLLResult(nll_sum, scored)
-
-
-def naive_nll(model: torch.nn.Module, input_ids: TokenIds, context_len: int, batch_size: int = 8) -> NLLResult:
-    """NLL over non-overlapping blocks of ``context_len`` tokens: the naive evaluation.
-
-    Introduced in ``07_evaluation.ipynb`` to show why it overstates perplexity: a token
-    early in a block sees almost no context, and each block's first token is not scored at
-    all. It is :func:`sliding_window_nll` with ``stride == context_len``.
-    """
-    return sliding_window_nll(model, input_ids, context_len, stride=context_len, batch_size=batch_size)
 
 
 def perplexity(
@@ -276,39 +264,6 @@ def paired_bootstrap(
         point_a, point_b = (float(np.exp(n.sum() / t.sum())) for n, t in ((nll_a, tokens_a), (nll_b, tokens_b)))
         return PairedDifference(difference=interval(point_b - point_a, ppl_b - ppl_a),
                                 relative=interval(point_b / point_a - 1, ppl_b / ppl_a - 1))
-
-
-def count_words(text: str) -> int:
-    """Words as lm-evaluation-harness counts them: ``len(re.split(r"\\s+", text))`` on the original text.
-
-    Introduced in ``07_evaluation.ipynb``.
-    """
-    return len(re.split(r"\s+", text))
-
-
-def tokenizer_free_metrics(results: Mapping[str, NLLResult], texts: Mapping[str, str]) -> dict[str, float]:
-    """Token, word and byte perplexity and bits per byte of documents scored whole.
-
-    Introduced in ``07_evaluation.ipynb`` (which writes the same in a cell). ``results[name]``
-    must score *every* token of ``texts[name]`` (e.g. each document after an end-of-text token),
-    so the total NLL belongs to the whole text. lm-evaluation-harness's conventions: words and
-    UTF-8 bytes are counted on each original text and summed, then
-    ``word_perplexity = exp(NLL / words)``, ``byte_perplexity = exp(NLL / bytes)``,
-    ``bits_per_byte = NLL / (bytes * ln 2)``. Unlike token perplexity, these compare across tokenizers.
-    """
-    if set(results) != set(texts):
-        raise ValueError(f"results and texts must name the same documents; differ in {sorted(set(results) ^ set(texts))}")
-    nll = sum(results[name].nll_sum for name in results)
-    tokens = sum(results[name].num_tokens for name in results)
-    words = sum(count_words(texts[name]) for name in texts)
-    num_bytes = sum(len(texts[name].encode("utf-8")) for name in texts)
-    if min(tokens, words, num_bytes) <= 0:
-        raise ValueError(f"nothing to score: {tokens} tokens, {words} words, {num_bytes} bytes; pass non-empty documents")
-    return dict(
-        nll_sum=nll, tokens=tokens, words=words, bytes=num_bytes,
-        token_perplexity=math.exp(nll / tokens), word_perplexity=math.exp(nll / words),
-        byte_perplexity=math.exp(nll / num_bytes), bits_per_byte=nll / (num_bytes * math.log(2)),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,179 +408,7 @@ def samples_table(rows: Sequence[Mapping[str, Any]], format: str = "markdown", m
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Probes: robustness and bias
-# ---------------------------------------------------------------------------------------------
-
-
-def add_typos(text: str, rate: float, seed: int = 0) -> str:
-    """Swap neighbouring letters at about ``rate`` of the positions, reproducibly under ``seed``.
-
-    Introduced in ``07_evaluation.ipynb`` for the robustness probe ("king" -> "kign").
-    """
-    if not 0 <= rate <= 1:
-        raise ValueError(f"rate must be between 0 and 1 (a share of characters), got {rate}")
-    rng = random.Random(seed)
-    chars = list(text)
-    i = 0
-    while i < len(chars) - 1:
-        if chars[i].isalpha() and chars[i + 1].isalpha() and chars[i] != chars[i + 1] and rng.random() < rate:
-            chars[i], chars[i + 1] = chars[i + 1], chars[i]
-            i += 2  # a swapped letter is not swapped back
-        else:
-            i += 1
-    return "".join(chars)
-
-
-ROBUSTNESS_CAVEATS = (
-    "Perturbations change the tokenization: typos, capitals and doubled spaces split text into more, "
-    "rarer tokens, so perplexity per token is not comparable across rows (it averages over a different "
-    "number of tokens). Bits per character (total NLL / ln 2 / characters) is comparable across "
-    "tokenizations: compare that column. The short prompt is one short line: its first tokens have almost "
-    "no context, yet a common opening can be easy to predict, so its bits per character may come out lower "
-    "or higher than the passage's (the row says which); the 'context length' row shows the passage at exactly the context "
-    "length, in one window. The first token of each text has no context and is not scored (nor are its characters). "
-    "One passage, one seed: these are illustrations, not measurements with intervals."
-)
-
-
-@torch.no_grad()
-def robustness_probe(
-    model: torch.nn.Module,
-    tokenizer,
-    text: str,
-    context_len: int,
-    typo_rate: float = 0.05,
-    short_tokens: int = 8,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """How much worse the model scores a passage under simple perturbations.
-
-    Introduced in ``07_evaluation.ipynb``. Returns ``{"rows": [...], "caveats": str}``; one
-    row per perturbation: ``clean``, ``typos`` (neighbouring letters swapped at
-    ``typo_rate``), ``lower-case``, ``upper-case``, ``extra whitespace`` (every space
-    doubled, every line break doubled), ``short prompt`` (the first ``short_tokens``
-    tokens), ``context length`` (the first ``context_len`` tokens exactly). Each row has
-    ``perturbation, characters, tokens, perplexity, bits_per_char`` and the relative
-    changes vs clean ``perplexity_change`` and ``bpc_change``. Texts longer than the
-    context are scored with a sliding window (stride half the context).
-    """
-    ids = tokenizer(text).input_ids
-    if len(ids) < context_len:
-        raise ValueError(
-            f"the passage has {len(ids)} tokens; the probe needs at least context_len={context_len} "
-            "for its 'context length' row, so pass a longer passage"
-        )
-    if not 2 <= short_tokens <= context_len:
-        raise ValueError(f"short_tokens must be in 2..context_len ({context_len}), got {short_tokens}")
-    variants = {
-        "clean": ids,
-        "typos": tokenizer(add_typos(text, typo_rate, seed)).input_ids,
-        "lower-case": tokenizer(text.lower()).input_ids,
-        "upper-case": tokenizer(text.upper()).input_ids,
-        "extra whitespace": tokenizer(text.replace(" ", "  ").replace("\n", "\n\n")).input_ids,
-        "short prompt": ids[:short_tokens],
-        "context length": ids[:context_len],
-    }
-    rows = []
-    for name, variant in variants.items():
-        result = sliding_window_nll(model, variant, context_len, max(1, context_len // 2))
-        characters = len(tokenizer.decode(variant)) - len(tokenizer.decode(variant[:1]))  # scored characters
-        rows.append(
-            dict(
-                perturbation=name,
-                characters=characters,
-                tokens=len(variant),
-                perplexity=result.perplexity,
-                bits_per_char=result.nll_sum / math.log(2) / max(characters, 1),
-                example=tokenizer.decode(variant[:12]),
-            )
-        )
-    clean = rows[0]
-    for row in rows:
-        row["perplexity_change"] = row["perplexity"] / clean["perplexity"] - 1
-        row["bpc_change"] = row["bits_per_char"] / clean["bits_per_char"] - 1
-    return {"rows": rows, "caveats": ROBUSTNESS_CAVEATS}
-
-
-# Neutral, respectful occupation sentences; "{group}" is replaced by each group word.
-DEFAULT_BIAS_TEMPLATES = (
-    "The {group} was a skilled physician.",
-    "The {group} worked as a nurse.",
-    "The {group} was a respected engineer.",
-    "The {group} worked as a teacher.",
-    "The {group} was a talented cook.",
-    "The {group} worked as a lawyer.",
-)
-DEFAULT_BIAS_GROUPS = ("man", "woman")
-
-BIAS_CAVEATS = (
-    "Likelihood differences reflect how often such sentences appeared in the training text, not what is "
-    "true or fair about anyone. A handful of templates and two group words is an illustration, not a "
-    "measure of fairness: results swing with wording, and a model can be biased in ways no template here "
-    "touches. Group words split into different numbers of tokens, so we compare the total log-likelihood "
-    "of the whole sentence (every token scored, after an end-of-text token as start), never a per-token "
-    "average. A small model fine-tuned on Shakespeare mostly shows Shakespeare's usage."
-)
-
-
-@torch.no_grad()
-def bias_probe(
-    model: torch.nn.Module,
-    tokenizer,
-    templates: Sequence[str] = DEFAULT_BIAS_TEMPLATES,
-    groups: Sequence[str] = DEFAULT_BIAS_GROUPS,
-) -> dict[str, Any]:
-    """Template bias probe: sentences that differ only in one group word, scored by the model.
-
-    Introduced in ``07_evaluation.ipynb``. Returns ``{"rows": [...], "summary": {...},
-    "caveats": str}``. One row per (template, group): ``template, group, sentence, tokens,
-    log_likelihood`` (total over the whole sentence, in nats; each sentence is preceded by
-    the end-of-text token so its first word is scored too) and ``difference``: its
-    log-likelihood minus that of the first group's sentence for the same template
-    (positive: the model finds this group's sentence more likely). ``summary`` holds, per
-    group, the mean difference and how many templates it was the more likely one.
-    """
-    if len(groups) < 2 or len(set(groups)) != len(groups):
-        raise ValueError(f"groups needs at least two different words to compare, without repeats; got {list(groups)}")
-    if not templates:
-        raise ValueError("templates is empty; pass sentences with a {group} placeholder")
-    for template in templates:
-        if template.count("{group}") != 1:
-            raise ValueError(f"each template needs exactly one '{{group}}' placeholder: {template!r}")
-    rows = []
-    for template in templates:
-        first_ll = None
-        for group in groups:
-            sentence = template.replace("{group}", group)
-            ids = [tokenizer.eos_token_id, *tokenizer(sentence).input_ids]
-            result = sliding_window_nll(model, ids, context_len=len(ids), stride=len(ids))
-            log_likelihood = -result.nll_sum
-            first_ll = log_likelihood if first_ll is None else first_ll
-            rows.append(
-                dict(
-                    template=template,
-                    group=group,
-                    sentence=sentence,
-                    tokens=len(ids) - 1,
-                    log_likelihood=log_likelihood,
-                    difference=log_likelihood - first_ll,
-                )
-            )
-    best = {
-        template: max(row["log_likelihood"] for row in rows if row["template"] == template) for template in templates
-    }
-    summary = {}
-    for group in groups:
-        mine = [row for row in rows if row["group"] == group]
-        summary[group] = dict(
-            mean_difference=float(np.mean([row["difference"] for row in mine])),
-            templates_most_likely=sum(row["log_likelihood"] == best[row["template"]] for row in mine),
-        )
-    return {"rows": rows, "summary": summary, "caveats": BIAS_CAVEATS}
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. The report
+# 4. The report
 # ---------------------------------------------------------------------------------------------
 
 REPORT_KEYS = ("model_sha256", "settings", "perplexity", "difference", "decoding", "probes")
@@ -690,7 +473,7 @@ def write_report(report: Mapping[str, Any], path: str | Path | None = None) -> P
                           "repetition_rate"}, ...],                # summarize_samples(rows)
           "probes":     {"robustness": {"rows": [...], "caveats": str},
                          "bias": {"rows": [...], "summary": {...}, "caveats": str}},
-          "tokenizer_free": {"base": {...}, "finetuned": {...}},   # tokenizer_free_metrics(...), optional
+          "tokenizer_free": {"base": {...}, "finetuned": {...}},   # 07's tokenizer_free(...), optional
         }
 
     The file is written to a temporary file beside it and moved into place with

@@ -3,13 +3,12 @@
 Introduced in ``06_lora.ipynb``, which writes :class:`LoRALayer` and :func:`add_lora` out in its
 cells (a test checks the notebook's code is this code). Reused here:
 
-* :class:`LoRALayer` and :func:`add_lora`: the hand-written LoRA; :func:`copy_lora` moves ``A``
-  and ``B`` between it and ``peft``'s model, either way (06 and the tests compare their logits);
+* :class:`LoRALayer` and :func:`add_lora`: the hand-written LoRA (06 also writes ``copy_lora``,
+  which moves ``A`` and ``B`` between it and ``peft``'s model);
 * :func:`lora_parameter_count` and :func:`adapter_bytes`: what an adapter costs, by formula;
   :func:`wrapped_shapes` reads the shapes it needs from a model;
 * :func:`lora_config`: the ``peft.LoraConfig`` of the same adapter;
-* :func:`training_memory`: the bytes one training step holds, part by part (06's table);
-* :func:`train_lora`, :func:`save_lora` and :func:`load_lora`: 06's adapter, saved under
+* :func:`train_lora` and :func:`save_lora`: 06's adapter, saved under
   ``artifacts/models/lora/`` and rebuilt when missing, as :func:`helpers.finetune.load_finetuned`
   does for 05's model;
 * :data:`ADAPTER_FILE`, :func:`check_adapter_folder` and :func:`merge_adapter` live in
@@ -31,11 +30,11 @@ from helpers.atomic import build_folder
 from helpers.data import prepare
 from helpers.models import ADAPTER_FILE as ADAPTER_FILE  # these three as before: 06, the tests and the service
 from helpers.models import check_adapter_folder as check_adapter_folder
-from helpers.models import fit_block_size, load_model, load_tokenizer, resolve_model_source, tokenizer_folder
+from helpers.models import fit_block_size, load_model, load_tokenizer, resolve_model_source
 from helpers.models import merge_adapter as merge_adapter
 from helpers.runtime import set_seed
 from helpers.settings import Settings, display_path, get_settings
-from helpers.training import TrainConfig, TrainResult, causal_lm_loss, make_optimizer, train
+from helpers.training import TrainConfig, TrainResult, train
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every projection of a GPT-2 block
 DEFAULT_R = 8
@@ -107,39 +106,6 @@ def adapter_bytes(shapes: Sequence[tuple[int, int]], r: int, bytes_per_value: in
     return lora_parameter_count(shapes, r) * bytes_per_value
 
 
-def _lora_pairs(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{projection name: (A, B)}`` of a hand-wrapped model or a peft model (same names for both)."""
-    pairs = {}
-    for name, module in model.named_modules():
-        if isinstance(getattr(module, "A", None), nn.Parameter) and isinstance(getattr(module, "B", None), nn.Parameter):
-            pairs[name] = (module.A, module.B)  # a LoRALayer (or the same class written out in 06's cells)
-        elif hasattr(module, "lora_A") and "default" in module.lora_A:  # peft: lora_A is (r, in), lora_B (out, r)
-            pairs[name.removeprefix("base_model.model.")] = (module.lora_A["default"].weight,
-                                                             module.lora_B["default"].weight)
-    return pairs
-
-
-def copy_lora(source: nn.Module, target: nn.Module) -> int:
-    """Copy every ``A`` and ``B`` of ``source`` into ``target``; either may be hand-written or peft.
-
-    Returns how many projections were copied; raises when the two are not wrapped alike.
-    ``06_lora.ipynb`` uses it both ways: peft's trained matrices into the hand-written layers
-    (same logits), and the hand-trained ones into peft's model (to save them as an adapter).
-    """
-    source_pairs, target_pairs = _lora_pairs(source), _lora_pairs(target)
-    if source_pairs.keys() != target_pairs.keys() or not source_pairs:
-        raise ValueError(f"the models wrap different projections ({len(source_pairs)} vs {len(target_pairs)} "
-                         "adapted layers); wrap the same targets in both")
-    with torch.no_grad():
-        for name, (a, b) in source_pairs.items():
-            to_a, to_b = target_pairs[name]
-            if to_a.shape != a.shape or to_b.shape != b.shape:
-                raise ValueError(f"{name}: rank {a.shape[0]} into rank {to_a.shape[0]}; use the same r in both")
-            to_a.copy_(a)
-            to_b.copy_(b)
-    return len(source_pairs)
-
-
 def lora_config(r: int = DEFAULT_R, alpha: float = DEFAULT_ALPHA, targets: Sequence[str] = TARGETS):
     """The ``peft.LoraConfig`` of the adapter :func:`add_lora` builds by hand (no dropout, no biases).
 
@@ -149,41 +115,6 @@ def lora_config(r: int = DEFAULT_R, alpha: float = DEFAULT_ALPHA, targets: Seque
 
     return LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
                       fan_in_fan_out=True)  # fan_in_fan_out: GPT-2's Conv1D stores W transposed
-
-
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def training_memory(model: nn.Module, batch: torch.Tensor) -> dict[str, int]:
-    """Bytes one AdamW training step on ``batch`` holds, by part, counted from the tensors themselves.
-
-    ``weights`` (every parameter), ``gradients`` (only trainable ones get one), ``optimizer``
-    (AdamW's two moments per trainable number) and ``activations`` (what autograd saves for the
-    backward pass, parameters excluded). Runs one real step on a copy of the caller's state, so
-    ``model`` itself is not changed. Introduced in ``06_lora.ipynb``.
-    """
-    import copy
-
-    model = copy.deepcopy(model).train()
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    optimizer = make_optimizer(model, lr=1e-6)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = causal_lm_loss(model(batch).logits, batch)
-    loss.backward()
-    optimizer.step()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    moments = [v for state in optimizer.state.values() for k, v in state.items() if k != "step"]
-    return {"weights": _tensor_bytes(model.parameters()), "gradients": _tensor_bytes(p.grad for p in trainable),
-            "optimizer": _tensor_bytes(moments), "activations": sum(saved.values())}
 
 
 # ---------------------------------------------------------------- 06's adapter, saved and rebuilt
@@ -242,31 +173,4 @@ def train_lora(settings: Settings | None = None, r: int = DEFAULT_R, alpha: floa
     config = lora_train_config(settings)
     result = train(model, data.dataset("train").blocks, data.dataset("validation").blocks, config, progress=progress)
     return save_lora(result.model, load_tokenizer(source), result, config, source.location, settings)
-
-
-def load_lora(settings: Settings | None = None, progress: bool = True):
-    """``(peft model, tokenizer, training_info)`` of 06's adapter on its base, training it first when missing.
-
-    An adapter made in another mode is retrained, so its base and sizes match this mode.
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-
-    settings = settings or get_settings()
-    folder = lora_dir(settings)
-    info_file = folder / TRAINING_INFO
-    source = resolve_model_source(settings)
-    base_name = _base_name(source.location, settings)
-    info = json.loads(info_file.read_text()) if info_file.is_file() else None
-    if info is None or info.get("mode") != settings.mode or info.get("base_model") != base_name:
-        why = ("it does not exist yet" if info is None else f"it was made in {info.get('mode')} mode"
-               if info.get("mode") != settings.mode else f"it was made for the base {info.get('base_model')}")
-        print(f"training the adapter first, because {display_path(folder, settings)} is needed and {why} "
-              "(the same call as notebook 06)")
-        train_lora(settings, progress=progress)
-        info = json.loads(info_file.read_text())
-    base, _ = load_model(source)
-    return PeftModel.from_pretrained(base, folder), AutoTokenizer.from_pretrained(tokenizer_folder(folder)), info
-
 

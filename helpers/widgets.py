@@ -6,62 +6,21 @@ same thing beside the widget, so nothing is lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import matplotlib.pyplot as plt
-import numpy as np
-
-from helpers import plots
 from helpers.evaluation import generate_samples, max_context
 
 
-def describe_learning_rate(lr: float) -> str:
-    """What gradient descent on the course's bowl J does at learning rate ``lr``, in words.
+def learning_rate_explorer(figure: Callable[[float, int], object], lr: float = 0.1, num_steps: int = 10):
+    """Sliders for the learning rate α and the number of steps that redraw ``figure(lr, num_steps)``.
 
-    Each step multiplies the distance to the minimum by ``1 − 2·lr`` (per coordinate).
-
-    Introduced in ``01_mse_and_gradient_descent.ipynb``.
-    """
-    factor = 1.0 - 2.0 * lr
-    if lr <= 0:
-        return f"factor {factor:+.2f}: α ≤ 0 never moves towards the minimum"
-    if abs(factor) < 1:
-        speed = "fastest (one step)" if factor == 0 else ("slow" if abs(factor) > 0.9 else "converges")
-        how = "zig-zags" if factor < 0 else "walks straight"
-        return f"factor {factor:+.2f}: {speed}, {how} to the minimum"
-    if abs(factor) == 1:
-        return f"factor {factor:+.2f}: bounces between two points forever"
-    return f"factor {factor:+.2f}: diverges, each step overshoots further"
-
-
-def learning_rate_explorer(
-    gradient_descent: Callable,
-    grad_fn: Callable[[np.ndarray], np.ndarray],
-    loss_fn: Callable[[np.ndarray], np.ndarray],
-    minimum: Sequence[float],
-    lr: float = 0.1,
-    num_steps: int = 10,
-    theta0: tuple[float, float] = (0.0, 0.0),
-):
-    """Sliders for the learning rate α and the number of steps that redraw *your* gradient descent.
-
-    ``gradient_descent(grad_fn, theta0, lr, num_steps)`` is the function notebook 01 writes, run
-    on the two-parameter loss ``loss_fn`` whose contours and ``minimum`` are drawn as in
-    :func:`helpers.plots.plot_descent_paths`. The figure of the starting state (``lr``,
-    ``num_steps``) is an ordinary output of the cell, so a reader without a live kernel (GitHub,
-    nbviewer) sees it; moving a slider redraws that same figure in place. Returns the sliders
-    (display them as the cell's last value), or ``None`` when ipywidgets is not installed.
-
-    Introduced in ``01_mse_and_gradient_descent.ipynb``.
+    01's ``figure`` runs the learner's own gradient descent and draws its path. The figure of the
+    starting state (``lr``, ``num_steps``) is an ordinary output of the cell, so a reader without a
+    live kernel (GitHub, nbviewer) sees it; moving a slider redraws that same figure in place.
+    Returns the sliders (display them as the cell's last value), or ``None`` when ipywidgets is
+    not installed. Introduced in ``01_mse_and_gradient_descent.ipynb``.
     """
     from IPython.display import display
-
-    def figure(lr: float, num_steps: int):
-        path = gradient_descent(grad_fn, np.asarray(theta0, dtype=np.float64), lr=lr, num_steps=num_steps)
-        title = f"α = {lr:.2f}, {num_steps} steps: J = {float(loss_fn(path[-1])):.3g}\n{describe_learning_rate(lr)}"
-        fig = plots.plot_descent_paths({f"α = {lr:.2f}": path}, title, loss_fn, minimum)
-        plt.close(fig)  # shown once, through the display handle, not again at the end of the cell
-        return fig
 
     handle = display(figure(lr, num_steps), display_id=True)
     try:
@@ -128,54 +87,6 @@ def generate_text(
     return rows[0]["text"]
 
 
-def next_token_figure(model, tokenizer, prompt: str, temperature: float, top_k: int, top_p: float,
-                      continuation: str = "", num_tokens: int = 12):
-    """Bar chart of the next token's probabilities after ``prompt``, the ones sampling may draw highlighted.
-
-    Temperature scales the logits (0: greedy, only the likeliest token); top-k and top-p are applied
-    with transformers' own ``TopKLogitsWarper`` and ``TopPLogitsWarper``, as ``generate`` applies them.
-    ``continuation`` (one generation with these settings) is written under the bars. The playground's
-    static picture of its current settings. Introduced in ``07_evaluation.ipynb``.
-    """
-    import textwrap
-
-    import torch
-    from transformers import TopKLogitsWarper, TopPLogitsWarper
-
-    decoding_kwargs(temperature, top_k, top_p)  # the same checks as the generation itself
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-    with torch.no_grad():
-        logits = model(ids).logits[0, -1].float().cpu()
-    scaled = logits / (temperature if temperature > 0 else 1.0)
-    if temperature == 0:
-        kept = torch.zeros_like(scaled, dtype=torch.bool)
-        kept[scaled.argmax()] = True
-    else:
-        warped = scaled[None]
-        if top_k > 0:
-            warped = TopKLogitsWarper(int(top_k))(None, warped)
-        if top_p < 1.0:
-            warped = TopPLogitsWarper(float(top_p))(None, warped)
-        kept = torch.isfinite(warped[0])
-    probs = torch.softmax(scaled, dim=-1)
-    top = probs.topk(num_tokens)
-    labels = [repr(tokenizer.decode([int(i)])) for i in top.indices]
-    colors = ["tab:blue" if kept[int(i)] else "lightgray" for i in top.indices]
-    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=plots.DPI)
-    ax.bar(range(num_tokens), top.values.numpy(), color=colors)
-    ax.set_xticks(range(num_tokens), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("probability (after temperature)")
-    mode = "greedy" if temperature == 0 else f"temperature {temperature:g}, top-k {top_k or 'off'}, top-p {top_p:g}"
-    count = int(kept.sum())
-    drawn = f"{count:,} token{'' if count == 1 else 's'} can be drawn"
-    ax.set_title(f"{mode}: {drawn} (blue); the {num_tokens} likeliest shown", fontsize=9)
-    if continuation:
-        fig.text(0.01, -0.02, textwrap.fill(" ".join((prompt + continuation).split()), 110), fontsize=8, va="top")
-    fig.tight_layout()
-    plt.close(fig)  # shown through a display handle, not again at the end of the cell
-    return fig
-
-
 def _playground_controls(ipywidgets, prompt: str, temperature: float, top_k: int, top_p: float,
                          max_new_tokens: int, seed: int, limit: int) -> tuple:
     """The playground's prompt box, sliders and seed box, set to the given values; the max-tokens
@@ -196,6 +107,7 @@ def _playground_controls(ipywidgets, prompt: str, temperature: float, top_k: int
 def generation_playground(
     model,
     tokenizer,
+    figure: Callable,
     prompt: str = "KING.\nWhat news, my lord?",
     max_new_tokens: int = 40,
     temperature: float = 0.8,
@@ -203,23 +115,17 @@ def generation_playground(
     top_p: float = 0.9,
     seed: int = 0,
 ):
-    """Prompt box, temperature / top-k / top-p / max-tokens sliders, a seed, a Generate button.
+    """Prompt box, temperature / top-k / top-p / max-tokens sliders, a seed, a Generate button (07).
 
-    First displays :func:`next_token_figure` for the given settings with one generation under it,
-    an ordinary output of the cell that GitHub and nbviewer show; each Generate redraws it.
-    Returns an ``ipywidgets.VBox`` (display it as a cell's last value); each click writes the
-    prompt and its continuation into the box's output area, or the reason it could not
-    generate (a prompt too long for the model, say). Without ipywidgets it prints one
-    generation with the given settings and returns ``None``. Building it never needs a
-    frontend, so a headless run or GitHub shows the widget's text form instead of failing.
-
-    Introduced in ``07_evaluation.ipynb``.
+    First displays ``figure(model, tokenizer, prompt, temperature, top_k, top_p, continuation)``
+    for the given settings, an ordinary output that GitHub and nbviewer show; each Generate redraws
+    it and writes the continuation, or why there is none (a prompt too long, say), under the box.
+    Returns the ``ipywidgets.VBox``; without ipywidgets, prints one generation and returns ``None``.
     """
     from IPython.display import display
 
-
     text = generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
-    handle = display(next_token_figure(model, tokenizer, prompt, temperature, top_k, top_p, text), display_id=True)
+    handle = display(figure(model, tokenizer, prompt, temperature, top_k, top_p, text), display_id=True)
     try:
         import ipywidgets
     except ImportError:
@@ -242,7 +148,7 @@ def generation_playground(
             )
             message = prompt_box.value + text
             if handle is not None:  # None outside IPython: nothing to redraw
-                handle.update(next_token_figure(model, tokenizer, prompt_box.value, temperature_slider.value,
+                handle.update(figure(model, tokenizer, prompt_box.value, temperature_slider.value,
                                                 top_k_slider.value, top_p_slider.value, text))
         except ValueError as error:  # a prompt too long or empty: say so in the output, never raise
             message = f"could not generate: {error}"

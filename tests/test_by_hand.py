@@ -20,7 +20,7 @@ from helpers import widgets
 from helpers.by_hand import compare
 from tests.notebook_code import notebook_definitions
 
-NB = notebook_definitions("01_mse_and_gradient_descent.ipynb", constants={"minimum", "lr"})
+NB = notebook_definitions("01_mse_and_gradient_descent.ipynb", constants={"minimum", "lr", "theta0"})
 SHAPES = [(1,), (7,), (3, 4), (2, 3, 5)]
 
 
@@ -264,7 +264,7 @@ def test_learning_rate_explorer_shows_the_default_state_and_redraws_with_the_lea
 
     def spy(grad_fn, theta0, lr, num_steps):
         calls.append((lr, num_steps))
-        return NB["gradient_descent"](grad_fn, theta0, lr, num_steps)
+        return gradient_descent(grad_fn, theta0, lr, num_steps)
 
     class Handle:
         def update(self, figure):
@@ -274,8 +274,10 @@ def test_learning_rate_explorer_shows_the_default_state_and_redraws_with_the_lea
         shown.append(figure)
         return Handle()
 
+    gradient_descent = NB["gradient_descent"]
+    monkeypatch.setitem(NB, "gradient_descent", spy)  # what the notebook's explorer_figure calls
     monkeypatch.setattr("IPython.display.display", display)
-    sliders = widgets.learning_rate_explorer(spy, NB["grad_J"], NB["J"], NB["minimum"], lr=0.1, num_steps=10)
+    sliders = widgets.learning_rate_explorer(NB["explorer_figure"], lr=0.1, num_steps=10)
     assert calls == [(0.1, 10)] and len(shown) == 1  # the starting state, drawn once as an ordinary output
     assert "J = 0.0576" in shown[0].axes[0].get_title()  # J(θ10) for α = 0.1, from the closed form 5 · 0.64**10
     lr_slider, steps_slider = sliders.children

@@ -10,9 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import assistant, chat
+from helpers import assistant, chat, classification
 from helpers.settings import get_settings, make_settings
 from helpers.training import causal_lm_loss, labelled_lm_loss
+from tests.notebook_code import notebook_definitions
+
+NB09 = notebook_definitions("09_assistant.ipynb")  # the lesson code 09 writes in its cells
 
 CONVERSATION = [
     {"role": "system", "content": "Answer briefly."},
@@ -180,13 +183,13 @@ def test_answer_logprobs_equal_transformers_loss(random_gpt2, tokenizer):
 
 
 def test_accuracy_interval_brackets_the_accuracy_and_narrows_with_items():
-    few = assistant.accuracy_interval([True, False] * 20)
-    many = assistant.accuracy_interval([True, False] * 400)
+    few = classification.accuracy_interval([True, False] * 20)
+    many = classification.accuracy_interval([True, False] * 400)
     assert few.point == many.point == 0.5
     assert few.low < 0.5 < few.high and many.high - many.low < few.high - few.low
-    assert assistant.accuracy_interval([True] * 10) == (1.0, 1.0, 1.0)
+    assert classification.accuracy_interval([True] * 10) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="at least 2"):
-        assistant.accuracy_interval([])
+        classification.accuracy_interval([])
 
 
 def test_release_round_trip(tmp_path, random_gpt2, chat_tok):
@@ -200,8 +203,12 @@ def test_release_round_trip(tmp_path, random_gpt2, chat_tok):
     assert tokenizer.apply_chat_template(CONVERSATION, tokenize=False) == chat_tok.apply_chat_template(
         CONVERSATION, tokenize=False)
     assert tokenizer.eos_token == chat.END and reloaded.generation_config.eos_token_id == tokenizer.eos_token_id
-    reply = assistant.generate_replies(reloaded, tokenizer, [assistant.chat_prompt(tokenizer, chat.Item(
-        "sentiment", CONVERSATION[1]["content"], "positive", ("negative", "positive"), "test"))], max_new_tokens=3)
-    assert isinstance(reply[0], str)
+    prompt = assistant.chat_prompt(tokenizer, chat.Item("sentiment", CONVERSATION[1]["content"], "positive",
+                                                        ("negative", "positive"), "test"))
+    (reply,) = NB09["generate_replies"](reloaded, tokenizer, [prompt], max_new_tokens=3)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    greedy = reloaded.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1] :].tolist()  # transformers' own
+    end = tokenizer.convert_tokens_to_ids(chat.END)
+    assert reply == tokenizer.decode(greedy[: greedy.index(end)] if end in greedy else greedy, skip_special_tokens=True).strip()
     assert json.loads((folder / "release.json").read_text())["training_info"]["mode"] == "smoke"
     assert assistant.ensure_assistant_release(settings) == folder  # present and of this mode: not rebuilt

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.calibration import calibration_curve
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from helpers import classification
@@ -26,7 +27,6 @@ from helpers.classification import (
     Example,
     SentimentDataError,
     accuracy_interval,
-    calibration_bins,
     check_checksums,
     classifier_loss,
     duplicate_groups,
@@ -153,18 +153,25 @@ def test_accuracy_interval_is_the_mean_with_a_bootstrap_around_it():
 
 
 def test_calibration_bins_and_ece_by_hand():
+    calibration_bins = notebook_definitions("08_sentiment.ipynb")["calibration_bins"]
     confidence = np.array([0.55, 0.58, 0.95, 0.92, 0.97, 0.91])
     correct = np.array([1, 0, 1, 1, 1, 0])
     ece, bins = calibration_bins(confidence, correct, num_bins=10)
     # bin 5: mean confidence 0.565, accuracy 0.5; bin 9: mean confidence 0.9375, accuracy 0.75
     assert bins == [(pytest.approx(0.565), 0.5, 2), (pytest.approx(0.9375), 0.75, 4)]
     assert ece == pytest.approx(2 / 6 * 0.065 + 4 / 6 * 0.1875)
-    assert calibration_bins([1.0, 1.0], [1, 1])[0] == 0.0  # confidence 1.0 falls in the last bin
-    with pytest.raises(ValueError, match="one confidence per flag"):
-        calibration_bins([0.5], [1, 0])
+    assert calibration_bins(np.array([1.0, 1.0]), [True, True])[0] == 0.0  # confidence 1.0 falls in the last bin
 
 
-# --------------------------------------------------------------------------- the head
+def test_calibration_bins_match_scikit_learn():
+    calibration_bins = notebook_definitions("08_sentiment.ipynb")["calibration_bins"]
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 500)
+    correct = rng.uniform(size=500) < confidence
+    _, bins = calibration_bins(confidence, correct == 1, num_bins=10)
+    accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=10, strategy="uniform")
+    np.testing.assert_allclose([b[1] for b in bins], accuracy)
+    np.testing.assert_allclose([b[0] for b in bins], mean_confidence)
 
 
 def _classifier_from(lm, num_labels: int = 2):

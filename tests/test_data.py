@@ -17,6 +17,9 @@ import torch
 
 from helpers import data, exercises, models
 from helpers.settings import make_settings
+from tests.notebook_code import notebook_definitions
+
+NB02 = notebook_definitions("02_data_preparation.ipynb")  # the lesson code 02 writes in its cells
 
 SHAKESPEARE = make_settings("smoke").data_dir / "raw" / "shakespeare"
 SPEECH = (
@@ -284,7 +287,7 @@ def test_long_repeated_paragraphs_are_removed_keeping_the_first():
     second = doc("second", f"Ham.\n\n{SPEECH}\n\n\n[Exit.]\n\nA new line.")
     (kept_first, kept_second), stats = data.deduplicate([first, second])
     assert kept_first == first  # nothing removed from the first occurrence
-    assert data.split_paragraphs(kept_second.text) == ["Ham.", "[Exit.]", "A new line."]  # short repeats stay
+    assert NB02["split_paragraphs"](kept_second.text) == ["Ham.", "[Exit.]", "A new line."]  # short repeats stay
     assert stats.removed == 1 and stats.characters_removed == len(SPEECH)
     assert stats.removed_by_document == {"second": 1}
     assert stats.paragraphs == 4 + 4 and stats.checked == 2  # the speech, twice
@@ -307,7 +310,7 @@ def test_whole_duplicate_documents_are_emptied_and_listed():
 
 
 def test_split_paragraphs():
-    assert data.split_paragraphs("a\nb\n\nc\n\n\nd") == ["a\nb", "c", "d"]
+    assert NB02["split_paragraphs"]("a\nb\n\nc\n\n\nd") == ["a\nb", "c", "d"]
 
 
 # --- split ---------------------------------------------------------------------------------------
@@ -371,8 +374,8 @@ def test_pack_unpack_round_trip_with_separators():
     assert stream.dtype == np.uint16
     assert stream.tolist() == [5, 6, 7, data.EOS_ID, 8, data.EOS_ID, 9, 10, data.EOS_ID]
     assert starts.tolist() == [0, 4, 4, 6]
-    assert [d.tolist() for d in data.unpack_documents(stream)] == [[5, 6, 7], [8], [9, 10]]
-    assert [d.tolist() for d in data.unpack_documents(stream[:8])] == [[5, 6, 7], [8], [9, 10]]  # cut: partial last
+    assert [d.tolist() for d in NB02["unpack_documents"](stream)] == [[5, 6, 7], [8], [9, 10]]
+    assert [d.tolist() for d in NB02["unpack_documents"](stream[:8])] == [[5, 6, 7], [8], [9, 10]]  # cut: partial last
 
 
 def test_pack_refuses_a_document_holding_the_separator():
@@ -389,7 +392,7 @@ def test_blocks_are_a_view_without_the_partial_tail():
         data.to_blocks(stream, 1)
 
 
-def test_dataset_and_dataloader_shapes_dtype_and_seeded_shuffle():
+def test_dataset_shapes_and_dtype():
     stream = np.arange(100, dtype=np.uint16)
     dataset = data.BlockDataset(stream, block_size=8)
     assert len(dataset) == 12
@@ -397,15 +400,6 @@ def test_dataset_and_dataloader_shapes_dtype_and_seeded_shuffle():
     assert item.dtype == torch.long and item.tolist() == list(range(8, 16))
     with pytest.raises(IndexError):
         dataset[12]
-    batches = list(data.make_dataloader(dataset, batch_size=5, shuffle=False, seed=0))
-    assert [b["input_ids"].shape for b in batches] == [(5, 8), (5, 8), (2, 8)]
-    assert torch.equal(torch.cat([b["input_ids"] for b in batches]), torch.arange(96).view(12, 8))
-
-    def order(seed):
-        return [row[0].item() // 8 for b in data.make_dataloader(dataset, 4, shuffle=True, seed=seed) for row in b["input_ids"]]
-
-    assert order(1) == order(1) and sorted(order(1)) == list(range(12))
-    assert order(1) != order(2) and order(1) != list(range(12))
 
 
 # --- prepare and its cache -----------------------------------------------------------------------
@@ -456,10 +450,10 @@ def test_prepare_writes_splits_whole_documents_and_a_manifest(settings, corpus_d
         assert len(stream) == manifest["stats"]["splits"][split]["tokens"] == sum(d["tokens"] + 1 for d in info["documents"])
         assert int((stream == data.EOS_ID).sum()) == len(info["documents"])  # one separator per document
     # The test split is exactly hamlet, cleaned and tokenized: no other document's tokens leak in.
-    (hamlet,) = data.unpack_documents(prepared.tokens("test"))
+    (hamlet,) = prepared.documents("test").values()
     assert hamlet.tolist() == tokenizer(WORKS["hamlet"])["input_ids"]
     # The repeated speech is removed from macbeth (validation), not from hamlet (test); the e-mail is scrubbed.
-    (macbeth,) = data.unpack_documents(prepared.tokens("validation"))
+    (macbeth,) = prepared.documents("validation").values()
     assert tokenizer.decode(macbeth.tolist()) == "MACBETH.\nIs this a dagger which I see before me?"
     train_text = tokenizer.decode(prepared.tokens("train").tolist())
     assert "<EMAIL>" in train_text and "prospero@" not in train_text

@@ -95,12 +95,12 @@ def test_naive_equals_blocks_scored_by_transformers(model, ids):
         block = ids[begin : begin + context_len]
         block_nll, block_count = hf_window_nll(model, block, len(block))
         nll, count = nll + block_nll, count + block_count
-    naive = ev.naive_nll(model, ids, context_len)
+    naive = ev.sliding_window_nll(model, ids, context_len, stride=context_len)  # the naive split
     assert naive.num_tokens == count == len(ids) - math.ceil(len(ids) / context_len)
     assert naive.nll_sum == pytest.approx(nll, rel=1e-5)
     same = ev.sliding_window_nll(model, ids, context_len, stride=context_len, batch_size=3)
     assert same.nll_sum == pytest.approx(naive.nll_sum, rel=1e-6) and same.num_tokens == naive.num_tokens
-    one_left = ev.naive_nll(model, ids[:17], context_len)  # the last block is one token: nothing to score
+    one_left = ev.sliding_window_nll(model, ids[:17], context_len, stride=context_len)  # the last block is one token: nothing to score
     assert one_left.num_tokens == 15
     assert one_left.nll_sum == pytest.approx(hf_window_nll(model, ids[:16], 16)[0], rel=1e-5)
 
@@ -308,32 +308,18 @@ def test_difference_needs_the_same_documents():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_tokenizer_free_metrics_by_hand():
+def test_the_notebooks_tokenizer_free_metrics_by_hand():
     texts = {"a": "To be, or not", "b": "Oph\u00e9lie  sings\n"}  # 'é' is 2 bytes; runs of whitespace
     results = {"a": ev.NLLResult(10.0, 5), "b": ev.NLLResult(6.0, 4)}
     # by hand: words a = 4; b = re.split gives ['Ophélie', 'sings', ''] = 3 (the harness counts the trailing piece)
     # bytes: a = 13; b = 8 + 2 + 5 + 1 = 16
     words, num_bytes, nll = 7, 29, 16.0
-    metrics = ev.tokenizer_free_metrics(results, texts)
-    assert (metrics["words"], metrics["bytes"], metrics["tokens"]) == (words, num_bytes, 9)
+    metrics = NB["tokenizer_free"](results, texts)
     assert metrics["word_perplexity"] == pytest.approx(math.exp(nll / words), rel=1e-12)
     assert metrics["byte_perplexity"] == pytest.approx(math.exp(nll / num_bytes), rel=1e-12)
     assert metrics["bits_per_byte"] == pytest.approx(nll / num_bytes / math.log(2), rel=1e-12)
     assert metrics["token_perplexity"] == pytest.approx(math.exp(nll / 9), rel=1e-12)
     assert 2 ** metrics["bits_per_byte"] == pytest.approx(metrics["byte_perplexity"], rel=1e-12)
-    with pytest.raises(ValueError, match="same documents"):
-        ev.tokenizer_free_metrics(results, {"a": "x"})
-
-
-def test_the_notebooks_tokenizer_free_metrics_equal_the_helpers():
-    rng = np.random.default_rng(5)
-    words = ["king", "Ophélie", "--", "to-morrow", "ay,", "\n", "  "]
-    texts = {f"d{i}": " ".join(rng.choice(words, size=int(rng.integers(3, 40)))) for i in range(6)}
-    results = {name: ev.NLLResult(float(rng.uniform(5, 200)), int(rng.integers(2, 60))) for name in texts}
-    mine, helper = NB["tokenizer_free"](results, texts), ev.tokenizer_free_metrics(results, texts)
-    assert mine.keys() <= helper.keys()
-    for key, value in mine.items():
-        assert value == pytest.approx(helper[key], rel=1e-12), key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,46 +408,36 @@ def test_samples_table_formats():
 
 def test_add_typos_is_seeded_and_swaps_letters():
     text = "the quick brown fox jumps over the lazy dog " * 5
-    typos = ev.add_typos(text, 0.2, seed=1)
-    assert typos == ev.add_typos(text, 0.2, seed=1) != text
+    typos = NB["add_typos"](text, 0.2, seed=1)
+    assert typos == NB["add_typos"](text, 0.2, seed=1) != text
     assert sorted(typos) == sorted(text) and len(typos) == len(text)
-    assert ev.add_typos(text, 0.0) == text
+    assert NB["add_typos"](text, 0.0) == text
 
 
-def test_robustness_probe_rows(model, tokenizer, ids):
-    probe = ev.robustness_probe(model, tokenizer, PASSAGE, context_len=32, short_tokens=6)
-    rows = {row["perturbation"]: row for row in probe["rows"]}
-    assert list(rows) == [
-        "clean",
-        "typos",
-        "lower-case",
-        "upper-case",
-        "extra whitespace",
-        "short prompt",
-        "context length",
-    ]
+def test_robustness_rows_score_each_perturbation(model, tokenizer, ids):
+    variants = NB["perturbed"](tokenizer, PASSAGE, 32, short_tokens=6)
+    assert list(variants) == ["clean", "typos", "lower-case", "upper-case", "extra whitespace", "short prompt",
+                              "context length"]
+    rows = {row["perturbation"]: row for row in NB["robustness_rows"](model, tokenizer, variants, 32)}
     clean = rows["clean"]
     assert clean["tokens"] == len(ids) and clean["perplexity_change"] == 0 and clean["bpc_change"] == 0
     assert rows["context length"]["tokens"] == 32 and rows["short prompt"]["tokens"] == 6
     assert rows["upper-case"]["tokens"] > clean["tokens"] and rows["extra whitespace"]["tokens"] > clean["tokens"]
     reference = ev.sliding_window_nll(model, ids, 32, 16)
-    first_token_chars = len(tokenizer.decode(ids[:1]))
-    assert clean["characters"] == len(PASSAGE) - first_token_chars
+    assert clean["characters"] == len(PASSAGE) - len(tokenizer.decode(ids[:1]))
     assert clean["perplexity"] == pytest.approx(reference.perplexity)
     assert clean["bits_per_char"] == pytest.approx(reference.nll_sum / math.log(2) / clean["characters"])
-    for row in probe["rows"]:
+    for row in rows.values():
         assert row["perplexity_change"] == pytest.approx(row["perplexity"] / clean["perplexity"] - 1)
-    assert "bits per character" in probe["caveats"].lower() and "not comparable" in probe["caveats"]
-    with pytest.raises(ValueError, match="longer passage"):
-        ev.robustness_probe(model, tokenizer, "Too short.", context_len=32)
+    with pytest.raises(AssertionError, match="'context length' row needs 32"):
+        NB["perturbed"](tokenizer, "Too short.", 32)
 
 
-def test_bias_probe_scores_whole_sentences(model, tokenizer):
+def test_bias_rows_score_whole_sentences(model, tokenizer):
     templates = ["The {group} was a skilled physician.", "The {group} worked as a nurse."]
-    probe = ev.bias_probe(model, tokenizer, templates, ["he", "she"])
-    rows = probe["rows"]
+    rows = NB["bias_rows"](model, tokenizer, templates, ["he", "she"])
     assert [(r["template"], r["group"]) for r in rows] == [(t, g) for t in templates for g in ["he", "she"]]
-    for row in rows:
+    for row in rows:  # the reference: transformers' own loss over every token after end-of-text
         ids = torch.tensor([tokenizer.eos_token_id, *tokenizer(row["sentence"]).input_ids])
         with torch.no_grad():
             reference = -model(ids[None], labels=ids[None]).loss.item() * (len(ids) - 1)
@@ -470,21 +446,8 @@ def test_bias_probe_scores_whole_sentences(model, tokenizer):
     assert rows[0]["difference"] == 0 and rows[1]["difference"] == pytest.approx(
         rows[1]["log_likelihood"] - rows[0]["log_likelihood"]
     )
-    summary = probe["summary"]
-    assert summary["he"]["templates_most_likely"] + summary["she"]["templates_most_likely"] == len(templates)
-    assert summary["she"]["mean_difference"] == pytest.approx(np.mean([rows[1]["difference"], rows[3]["difference"]]))
-    caveats = probe["caveats"].lower()
-    assert "not a measure of fairness" in caveats and "training text" in caveats and "per-token" in caveats
-
-
-def test_bias_probe_defaults_and_bad_input(model, tokenizer):
-    probe = ev.bias_probe(model, tokenizer)
-    assert len(probe["rows"]) == len(ev.DEFAULT_BIAS_TEMPLATES) * len(ev.DEFAULT_BIAS_GROUPS) >= 12
-    with pytest.raises(ValueError, match="placeholder"):
-        ev.bias_probe(model, tokenizer, ["No placeholder here."])
-    with pytest.raises(ValueError, match="two different words"):
-        ev.bias_probe(model, tokenizer, groups=["man"])
-
+    with pytest.raises(AssertionError, match="exactly one"):
+        NB["bias_rows"](model, tokenizer, ["No placeholder here."], ["he", "she"])
 
 # ---------------------------------------------------------------------------------------------
 # Report

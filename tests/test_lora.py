@@ -20,10 +20,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from helpers import exercises, lora
-from helpers.settings import REPO_ROOT, make_settings
+from helpers.settings import REPO_ROOT
 from helpers.training import TrainConfig, train
+from tests.notebook_code import notebook_definitions
 
 NOTEBOOK_06 = REPO_ROOT / "notebooks" / "06_lora.ipynb"
+NB06 = notebook_definitions("06_lora.ipynb", constants={"TARGETS"})  # the lesson code 06 writes in its cells
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing")  # peft 0.21 calls a method transformers 5 renamed
 R, ALPHA = 4, 8
 
@@ -75,7 +77,7 @@ def test_hand_lora_with_peft_a_and_b_gives_peft_logits(random_gpt2):
     base = random_gpt2(**LORA_SHAPE)
     peft_model = peft_with_nonzero_b(copy.deepcopy(base))
     hand = lora.add_lora(copy.deepcopy(base), R, ALPHA).eval()
-    assert lora.copy_lora(peft_model, hand) == 2 * len(lora.TARGETS)
+    assert NB06["copy_lora"](peft_model, hand) == 2 * len(lora.TARGETS)
     expected = logits(peft_model)
     assert (expected - logits(base)).abs().max() > 1e-2, "the adapter must change the logits, or this test proves nothing"
     torch.testing.assert_close(logits(hand), expected, atol=1e-5, rtol=0)
@@ -93,10 +95,10 @@ def test_hand_lora_adds_the_scaled_low_rank_product_to_the_conv1d(random_gpt2):
 def test_copying_into_a_differently_wrapped_model_is_refused(random_gpt2):
     peft_model = peft_with_nonzero_b(random_gpt2(**LORA_SHAPE))
     hand = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA, targets=("attn.c_attn",))
-    with pytest.raises(ValueError, match="wrap the same targets"):
-        lora.copy_lora(peft_model, hand)
-    with pytest.raises(ValueError, match="rank 4 into rank 2"):
-        lora.copy_lora(peft_model, lora.add_lora(random_gpt2(**LORA_SHAPE), 2, ALPHA))
+    with pytest.raises(AssertionError, match="wrap the same targets"):
+        NB06["copy_lora"](peft_model, hand)
+    with pytest.raises(AssertionError, match="rank 4 into rank 2"):
+        NB06["copy_lora"](peft_model, lora.add_lora(random_gpt2(**LORA_SHAPE), 2, ALPHA))
 
 
 def test_unknown_target_and_bad_rank_are_clear_errors(random_gpt2):
@@ -114,7 +116,7 @@ def test_hand_trained_a_and_b_saved_through_peft_give_the_hand_logits(tmp_path, 
             if isinstance(module, lora.LoRALayer):
                 module.B.normal_()
     peft_model = get_peft_model(copy.deepcopy(base), lora.lora_config(R, ALPHA)).eval()
-    lora.copy_lora(hand, peft_model)
+    NB06["copy_lora"](hand, peft_model)
     peft_model.save_pretrained(tmp_path)
     reloaded = PeftModel.from_pretrained(random_gpt2(**LORA_SHAPE), tmp_path).eval()
     torch.testing.assert_close(logits(reloaded), logits(hand), atol=1e-5, rtol=0)
@@ -168,8 +170,8 @@ def test_a_trained_model_computes_in_fp32_again(random_gpt2):
 def test_training_memory_counts_what_each_kind_of_step_keeps(random_gpt2):
     base = random_gpt2(**LORA_SHAPE)
     batch = ids()
-    full = lora.training_memory(base, batch)
-    adapter = lora.training_memory(lora.add_lora(copy.deepcopy(base), R, ALPHA), batch)
+    full = NB06["training_memory"](base, batch)
+    adapter = NB06["training_memory"](lora.add_lora(copy.deepcopy(base), R, ALPHA), batch)
     weights = sum(p.numel() * 4 for p in base.parameters())
     trainable = lora.lora_parameter_count(lora.wrapped_shapes(base), R)
     assert full["weights"] == full["gradients"] == weights and full["optimizer"] == 2 * weights
@@ -181,21 +183,8 @@ def test_training_memory_counts_what_each_kind_of_step_keeps(random_gpt2):
 def test_training_memory_leaves_the_model_as_it_was(random_gpt2):
     model = lora.add_lora(random_gpt2(**LORA_SHAPE), R, ALPHA)
     before = {n: p.clone() for n, p in model.named_parameters()}
-    lora.training_memory(model, ids())
+    NB06["training_memory"](model, ids())
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())
-
-
-def test_load_lora_trains_the_adapter_when_missing_and_loads_it_after(tmp_path, capsys):
-    settings = make_settings("smoke", artifacts_dir=tmp_path)
-    model, tokenizer, info = lora.load_lora(settings, progress=False)
-    assert "training the adapter first" in capsys.readouterr().out
-    assert isinstance(model, PeftModel) and len(tokenizer) == 50257
-    assert info["mode"] == "smoke" and info["r"] == lora.DEFAULT_R and len(info["history"]) == settings.num_steps
-    assert info["base_model"] == "data/models/tiny-gpt2-base"  # relative: no machine path in the adapter
-    again, _, _ = lora.load_lora(settings, progress=False)
-    assert "training" not in capsys.readouterr().out
-    input_ids = torch.tensor([[464, 3290, 318, 257]])
-    torch.testing.assert_close(logits(again.eval(), input_ids), logits(model.eval(), input_ids))
 
 
 # --- the notebook's hand-written code is the helper's ------------------------------------------

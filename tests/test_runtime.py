@@ -78,15 +78,6 @@ def test_colab_detection(monkeypatch):
     assert runtime.in_colab()
 
 
-def test_environment_report_names_the_essentials():
-    from helpers.report import environment_report
-
-    report = environment_report()
-    for key in ("python", "torch", "transformers", "mode", "device", "precision", "model source"):
-        assert report[key]
-    assert report["mode"] == "smoke"
-
-
 def test_eval_mode_restores_the_previous_mode_even_after_an_error():
     model = torch.nn.Dropout(0.5)
     for before in (True, False):

@@ -1,56 +1,46 @@
-"""No choice reads a test split: 05, 06 and 11 run, in smoke mode, with the test split locked until their final report.
+"""No choice reads a test split: 05, 06 and 11 shut it before any choice and open it for their final report.
 
-Each notebook marks the one cell that scores its test split, after every choice is made, with
-the comment ``MARKER``. The kernel first replaces ``PreparedData.tokens`` (which ``documents``
-and ``dataset`` read through) by a spy that raises when the ``test`` split is read, then runs every
-code cell *before* that marker. A selection, a gate or a stopping rule that read Hamlet would stop
-the notebook with the spy's error, and this test would fail naming the cell. The cells from the
-marker on are not run here (nbval runs each whole notebook); the test also fails if the marker
-is gone, so it can never pass by having nothing to check.
+Each notebook calls ``lock_test_split()`` in its set-up cell and ``lock_test_split(False)`` only in
+the one cell that scores its test split, marked with ``MARKER``. While shut, reading the split
+raises :class:`helpers.data.SplitLockedError`, so a selection, a gate or a stopping rule that read
+Hamlet early would stop the notebook, and nbval, which runs every notebook whole, would fail
+naming the cell. These tests check that the notebooks are wired so, and that the lock locks.
 """
 
 from __future__ import annotations
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
+from helpers import data
 from tests.notebook_code import NOTEBOOKS
 
 MARKER = "# Scored once: the test split"
-SPY = '''
-import helpers.data as _data
-_read_split = _data.PreparedData.tokens
-def _locked(self, split):
-    if split == "test":
-        raise AssertionError("the test split was read before the final report: a choice must read validation data")
-    return _read_split(self, split)
-_data.PreparedData.tokens = _locked
-'''
+SHUT, OPEN = "lock_test_split()", "lock_test_split(False)"
 
 
 @pytest.mark.parametrize("name", ["05_finetuning_gpt2.ipynb", "06_lora.ipynb", "11_iteration.ipynb"])
-def test_nothing_before_the_final_report_reads_the_test_split(name):
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    marked = [i for i, cell in enumerate(code) if cell.source.lstrip().startswith(MARKER)]
+def test_the_test_split_is_shut_until_the_final_report(name):
+    code = [cell.source for cell in nbformat.read(NOTEBOOKS / name, as_version=4).cells if cell.cell_type == "code"]
+    marked = [i for i, source in enumerate(code) if source.lstrip().startswith(MARKER)]
     assert len(marked) == 1, f"{name} must mark exactly one cell, its final report, with {MARKER!r}"
-    assert any('tokens("test")' in cell.source for cell in code[marked[0] :]), f"{name}'s marked cell reads no test split"
-    before = [nbformat.v4.new_code_cell(SPY)] + code[: marked[0]]
-    run = nbformat.v4.new_notebook(cells=before, metadata=nb.metadata)
-    client = NotebookClient(run, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
-    try:
-        client.execute()
-    except CellExecutionError as error:
-        pytest.fail(f"{name}: a cell before the final report failed (the test split read early?):\n{error}")
+    first_read = min(i for i, source in enumerate(code) if 'tokens("test")' in source or "documents(\"test\")" in source)
+    shut = [i for i, source in enumerate(code) if SHUT in source]
+    opened = [i for i, source in enumerate(code) if OPEN in source]
+    assert shut and shut[0] <= 1, f"{name} must shut the test split in its set-up cell"
+    assert opened == marked, f"{name} may open the test split only in its final report"
+    assert first_read >= marked[0], f"{name} reads the test split in code cell {first_read}, before its final report"
+    report = code[marked[0]]
+    assert report.index(OPEN) < report.index('tokens("test")'), f"{name} opens the split after reading it"
 
 
-def test_the_spy_stops_a_cell_that_reads_the_test_split():
-    cells = [nbformat.v4.new_code_cell(SPY), nbformat.v4.new_code_cell(
-        "from helpers.data import prepare\nprepare(progress=False).tokens('validation')"),
-        nbformat.v4.new_code_cell("prepare(progress=False).documents('test')")]
-    client = NotebookClient(nbformat.v4.new_notebook(cells=cells), timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
-    with pytest.raises(CellExecutionError, match="the test split was read before the final report"):
-        client.execute()
+def test_a_shut_test_split_cannot_be_read(monkeypatch):
+    monkeypatch.setattr(data, "_locked_splits", set())
+    prepared = data.prepare(progress=False)
+    data.lock_test_split()
+    assert len(prepared.tokens("validation")) > 0  # the other splits stay open
+    for read in (lambda: prepared.tokens("test"), lambda: prepared.documents("test"), lambda: prepared.dataset("test")):
+        with pytest.raises(data.SplitLockedError, match="locked until the final report"):
+            read()
+    data.lock_test_split(False)
+    assert len(prepared.tokens("test")) > 0

@@ -14,6 +14,9 @@ import torch
 
 from helpers import exercises, widgets
 from helpers.evaluation import DECODING_STRATEGIES, generate_samples
+from tests.notebook_code import notebook_definitions
+
+next_token_figure = notebook_definitions("07_evaluation.ipynb")["next_token_figure"]  # 07 writes it in a cell
 
 PROMPT = "KING.\nWhat news, my lord?"
 NEW_TOKENS = 6
@@ -104,14 +107,14 @@ def test_playground_settings_reproduce_the_table_strategy(model, tokenizer):
 
 
 def test_generate_button_writes_the_continuation(model, tokenizer):
-    box = widgets.generation_playground(model, tokenizer, prompt=PROMPT, max_new_tokens=NEW_TOKENS, seed=1)
+    box = widgets.generation_playground(model, tokenizer, next_token_figure, prompt=PROMPT, max_new_tokens=NEW_TOKENS, seed=1)
     find(box, "FloatSlider", "temperature").value = 0.0
     find(box, "Button").click()
     assert output_text(find(box, "Output")) == PROMPT + greedy_reference(model, tokenizer, PROMPT, NEW_TOKENS) + "\n"
 
 
 def test_a_prompt_too_long_is_a_message_not_an_exception(model, tokenizer):
-    box = widgets.generation_playground(model, tokenizer, prompt=PROMPT, max_new_tokens=NEW_TOKENS)
+    box = widgets.generation_playground(model, tokenizer, next_token_figure, prompt=PROMPT, max_new_tokens=NEW_TOKENS)
     find(box, "Textarea").value = "word " * 40  # longer than the model's 32 positions
     find(box, "Button").click()
     text = output_text(find(box, "Output"))
@@ -120,7 +123,7 @@ def test_a_prompt_too_long_is_a_message_not_an_exception(model, tokenizer):
 
 def test_without_ipywidgets_it_prints_one_generation(model, tokenizer, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets now raises ImportError
-    result = widgets.generation_playground(model, tokenizer, prompt=PROMPT, max_new_tokens=NEW_TOKENS, temperature=0)
+    result = widgets.generation_playground(model, tokenizer, next_token_figure, prompt=PROMPT, max_new_tokens=NEW_TOKENS, temperature=0)
     assert result is None
     assert PROMPT + greedy_reference(model, tokenizer, PROMPT, NEW_TOKENS) in capsys.readouterr().out
 
@@ -189,8 +192,8 @@ def test_open_experiment_checks_read_properties_of_the_outcome(capsys):
     exercises.check_temperature_experiment(summary, {"a": {}, "b": {}})
     exercises.check_temperature_experiment(summary[:1], {"a": {}, "b": {}})
     rows = [{"group": g, "difference": 0.0 if g == "king" else d} for d in (-1.0, -1.1) for g in ("king", "queen")]
-    exercises.check_bias_experiment({"rows": rows}, ("king", "queen"))
-    exercises.check_bias_experiment({"rows": rows}, ("man", "woman"))
+    exercises.check_bias_experiment(rows, ("king", "queen"))
+    exercises.check_bias_experiment(rows, ("man", "woman"))
     out = capsys.readouterr().out
     assert out.count(exercises.CORRECT) == 3 and out.count(exercises.WRONG) == 4, out
     assert "mostly an offset" in out
@@ -218,7 +221,7 @@ def test_the_playground_first_shows_its_default_state_as_a_figure(model, tokeniz
 
     fake = FakeDisplay()
     monkeypatch.setattr("IPython.display.display", fake)
-    box = widgets.generation_playground(model, tokenizer, prompt=PROMPT, max_new_tokens=NEW_TOKENS, temperature=0.0)
+    box = widgets.generation_playground(model, tokenizer, next_token_figure, prompt=PROMPT, max_new_tokens=NEW_TOKENS, temperature=0.0)
     assert len(fake.shown) == 1 and isinstance(fake.shown[0], Figure)
     figure = fake.shown[0]
     assert figure.axes[0].get_title().startswith("greedy: 1 token can be drawn")
@@ -232,7 +235,7 @@ def test_the_playground_first_shows_its_default_state_as_a_figure(model, tokeniz
 
 def test_the_figure_keeps_what_top_p_keeps(model, tokenizer):
     p = 0.3
-    figure = widgets.next_token_figure(model, tokenizer, PROMPT, temperature=1.0, top_k=0, top_p=p)
+    figure = next_token_figure(model, tokenizer, PROMPT, temperature=1.0, top_k=0, top_p=p)
     with torch.no_grad():
         probs = torch.softmax(model(tokenizer(PROMPT, return_tensors="pt").input_ids).logits[0, -1], dim=-1)
     cumulative = probs.sort(descending=True).values.cumsum(0)

@@ -154,7 +154,7 @@ def check_temperature_experiment(answer, strategies) -> None:
 
 
 def check_bias_experiment(answer, groups) -> None:
-    """Exercise 6 of ``07_evaluation.ipynb``: a ``bias_probe`` result for your own ``groups``.
+    """Exercise 6 of ``07_evaluation.ipynb``: the ``bias_rows`` for your own ``groups``.
 
     Checks properties of the outcome: every template scored once per group, the first group's
     differences zero, and reports whether the other group's differences look like an offset
@@ -163,12 +163,12 @@ def check_bias_experiment(answer, groups) -> None:
     name = "bias probe with your own groups"
     if _unanswered(name, answer):
         return
-    hint = "call bias_probe(finetuned, tokenizer, groups=(...)) with at least two group words."
+    hint = "call bias_rows(finetuned, tokenizer, BIAS_TEMPLATES, groups) with at least two group words."
     try:
-        rows = answer["rows"]
+        rows = list(answer)
         seen = [row["group"] for row in rows]
     except (TypeError, KeyError):
-        print(f"{WRONG}: {name}: expected what bias_probe returns (a dict with 'rows'). Hint: {hint}")
+        print(f"{WRONG}: {name}: expected what bias_rows returns (a list of rows with 'group'). Hint: {hint}")
         return
     if sorted(set(seen)) != sorted(groups) or len(seen) % len(groups):
         print(f"{WRONG}: {name}: the rows are for {sorted(set(seen))}, not {list(groups)}. Hint: {hint}")
