@@ -105,7 +105,9 @@ def check_environment(report: Report, device: torch.device) -> float:
 
 def run_cuda_tests(report: Report, dry_run: bool) -> None:
     """Step 2: the tests marked ``cuda`` must all run (on a CPU they are only collected)."""
-    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", "tests"]
+    marked = sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "tests").glob("test_*.py")
+                    if "mark.cuda" in path.read_text(encoding="utf-8"))  # collecting only these saves seconds
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *marked]
     if dry_run:
         command.append("--collect-only")
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
